@@ -1,0 +1,23 @@
+"""`Sample`: the one currency passed between pipeline stages (sources, generator, auditor, writers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    """One image and what is known about it.
+
+    `key` is unique within a dataset and safe as a file stem (no dots or slashes).
+    `metadata` holds provenance and audit verdicts as flat JSON-able values.
+    """
+
+    key: str
+    image: Image.Image
+    text: str = ""
+    label: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
