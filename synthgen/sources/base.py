@@ -1,11 +1,27 @@
-"""The reader interface: every source yields `Sample`s and counts what it could not read."""
+"""The reader interface: every source yields `Sample`s and counts what it could not read.
+
+Shared helpers live here so every reader decodes, skips and fingerprints the same way.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
+from synthgen.sources.spec import SourceSpec
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+_HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass
@@ -33,3 +49,115 @@ class Source:
     def fingerprint(self) -> str:
         """A sha256 that changes when the data changes (used to key caches and provenance)."""
         raise NotImplementedError
+
+    def _skip(self, key: str, reason: str) -> None:
+        self.skipped.append(Skipped(key, _one_line(reason)))
+
+    def _load(self, key: str, data: bytes | Path | None) -> Image.Image | None:
+        """Decode one image, or record why not and return None: one bad file never stops a run."""
+        if data is None:
+            self._skip(key, "no image data")
+            return None
+        try:
+            return decode_image(data)
+        except FileNotFoundError:
+            self._skip(key, "file not found")
+        except UnidentifiedImageError:
+            self._skip(key, "cannot decode image: not a recognised image format")
+        except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+            self._skip(key, f"cannot decode image: {type(error).__name__}: {error}")
+        return None
+
+    def _sample(
+        self, key: str, data: bytes | Path | None, text: str, label: str, metadata: dict[str, Any]
+    ) -> Sample | None:
+        image = self._load(key, data)
+        return None if image is None else Sample(key, image, text, label, metadata)
+
+
+def decode_image(data: bytes | Path) -> Image.Image:
+    """Open, fully load (so truncated files fail here, not later) and convert to 8-bit RGB."""
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        img.load()
+        if img.mode in _HIGH_BIT_MODES:  # 16-bit / float scans: stretch to 8 bits instead of clipping
+            pixels = np.asarray(img, dtype=np.float32)
+            low, high = float(pixels.min()), float(pixels.max())
+            scaled = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
+            return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
+        return img.convert("RGB")
+
+
+def take(samples: Iterable[Sample | None], limit: int | None) -> Iterator[Sample]:
+    """Drop failed reads (None) and stop after `limit` good samples, without decoding further."""
+    if limit is not None and limit <= 0:
+        return
+    count = 0
+    for sample in samples:
+        if sample is not None:
+            yield sample
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def meta_str(value: Any) -> str:
+    """Metadata values as strings (one rule for every reader): None -> '', containers -> JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def fingerprint_of(
+    settings: dict[str, Any], root: Path, files: Iterable[Path], contents: Iterable[Path] = ()
+) -> str:
+    """sha256 of reader settings, the bytes of small `contents` files, and path/size/mtime of `files`.
+
+    Stat-based for bulk data so fingerprinting a large folder costs no image reads.
+    """
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in contents:
+        digest.update(f"\0content:{_relative(path, root)}\0".encode())
+        digest.update(path.read_bytes())
+    for path in files:
+        try:
+            stat = path.stat()
+            digest.update(f"\0{_relative(path, root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(f"\0{_relative(path, root)}:missing".encode())
+    return digest.hexdigest()
+
+
+def spec_settings(spec: SourceSpec, reader: str) -> dict[str, Any]:
+    """The spec fields that change what a reader yields (not `path`: moved data keeps its identity)."""
+    demo_only = {"path", "type", "classes", "per_class", "resolution", "seed"}
+    return {"reader": reader, **spec.model_dump(exclude=demo_only)}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+def shard_files(path: Path, pattern: str) -> list[Path]:
+    """The file itself, or the files matching `pattern` anywhere below the folder, sorted (shard order)."""
+    return [path] if path.is_file() else sorted(p for p in path.rglob(pattern) if p.is_file())
+
+
+def existing_path(path: str | Path) -> Path:
+    """The path, or a one-line SynthgenError naming it when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise SynthgenError(f"data path not found: {path}")
+    return path

@@ -1,0 +1,218 @@
+"""The memorization audit: nearest training image of every candidate, copies flagged above a threshold.
+
+`Auditor` holds the indexed training set and judges batches of candidates (the generator calls `check` on
+each batch so it can drop and regenerate copies); `AuditLog` collects the verdicts and writes
+audit.parquet, summary.json and report.html; `run_audit` is the `synthgen audit` command.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthgen.atomic import atomic_path, write_json, write_text
+from synthgen.audit.embedders import Embedder, get_embedder
+from synthgen.audit.index import BATCH_SIZE, Progress, TrainIndex, batched, source_total
+from synthgen.audit.report import GalleryItem, render_report, thumbnail_png
+from synthgen.audit.summary import AuditRow, build_summary
+from synthgen.errors import SynthgenError
+from synthgen.sample import Sample
+from synthgen.sources.base import Skipped, Source
+
+# Similarities are rounded so that the stored value and the flag always agree (and an exact copy, whose
+# float32 inner product can be 0.99999994, still reaches a threshold of 1.0).
+SIMILARITY_DECIMALS = 6
+
+
+def _first_reason(skipped: list[Skipped]) -> str:
+    return f" ({len(skipped)} skipped, e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How close a candidate is to the training data and whether that makes it a copy."""
+
+    similarity: float
+    nearest_train_key: str
+    flagged: bool
+
+
+@dataclass
+class Auditor:
+    """An indexed training set plus the rule that turns a similarity into a verdict."""
+
+    embedder: Embedder
+    index: TrainIndex
+    threshold: float
+    train_description: str
+    train_fingerprint: str | None
+    train_skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def from_source(
+        cls,
+        train: Source,
+        embedder: str | Embedder = "pixel",
+        threshold: float = 0.95,
+        progress: Progress | None = None,
+    ) -> Auditor:
+        """Embed and index every readable training image (unreadable ones are recorded, not fatal)."""
+        if not -1.0 <= threshold <= 1.0:
+            raise SynthgenError(f"audit threshold must be between -1 and 1, got {threshold}")
+        model = get_embedder(embedder)
+        index = TrainIndex.from_source(train, model, progress=progress)
+        skipped = list(train.skipped)
+        if len(index) == 0:
+            raise SynthgenError(f"no readable training images in {train.description}{_first_reason(skipped)}")
+        return cls(model, index, threshold, train.description, train.fingerprint(), skipped)
+
+    def check(self, samples: list[Sample]) -> list[Verdict]:
+        """Verdicts for a batch of candidates, in order."""
+        if not samples:
+            return []
+        similarities, keys = self.index.search(self.embedder.embed([s.image for s in samples]), k=1)
+        verdicts = []
+        for similarity, (key,) in zip(similarities[:, 0], keys, strict=True):
+            value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
+            verdicts.append(Verdict(value, key, value >= self.threshold))
+        return verdicts
+
+
+class AuditLog:
+    """Accumulates one row per audited candidate, keeping thumbnails only of the few the report shows.
+
+    The report shows the flagged candidates (or, if none, the most similar); a bounded heap ranked by
+    (flagged, similarity) keeps exactly those `max_thumbnails`, so memory does not grow with the dataset.
+    """
+
+    def __init__(self, auditor: Auditor, *, max_thumbnails: int = 48) -> None:
+        self.auditor = auditor
+        self.rows: list[AuditRow] = []
+        self.max_thumbnails = max_thumbnails
+        self._shown: list[tuple[tuple[bool, float, int], int, bytes]] = []  # min-heap: (rank, row, png)
+
+    def add(self, sample: Sample, verdict: Verdict, *, dropped: bool = False, attempt: int = 0) -> None:
+        row = AuditRow(
+            key=sample.key,
+            label=sample.label,
+            nearest_train_key=verdict.nearest_train_key,
+            similarity=verdict.similarity,
+            flagged=verdict.flagged,
+            dropped=dropped,
+            attempt=attempt,
+        )
+        self.rows.append(row)
+        rank = (row.flagged, row.similarity, -len(self.rows))  # ties: earlier candidates first
+        if len(self._shown) < self.max_thumbnails:
+            heapq.heappush(self._shown, (rank, len(self.rows) - 1, thumbnail_png(sample.image)))
+        elif self._shown and rank > self._shown[0][0]:
+            heapq.heapreplace(self._shown, (rank, len(self.rows) - 1, thumbnail_png(sample.image)))
+
+    def extend(self, samples: Iterable[Sample], verdicts: Iterable[Verdict]) -> None:
+        for sample, verdict in zip(samples, verdicts, strict=True):
+            self.add(sample, verdict)
+
+    def gallery(self) -> list[GalleryItem]:
+        """What the report shows: flagged candidates if any, else the most similar; most similar first."""
+        ranked = sorted(self._shown, reverse=True)
+        if any(self.rows[index].flagged for _, index, _ in ranked):
+            ranked = [entry for entry in ranked if self.rows[entry[1]].flagged]
+        return [GalleryItem(self.rows[index], png) for _, index, png in ranked]
+
+    def write(
+        self,
+        out_dir: str | Path,
+        *,
+        candidates_skipped: list[Skipped],
+        show_training_images: bool = False,
+        train_source: Source | None = None,
+    ) -> dict[str, Any]:
+        """Write audit.parquet, summary.json and report.html (each atomically); return the summary."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out_dir = Path(out_dir)
+        auditor = self.auditor
+        summary = build_summary(
+            self.rows,
+            embedder=auditor.embedder.name,
+            threshold=auditor.threshold,
+            similarity_meaning=auditor.embedder.description,
+            n_train=auditor.n_train,
+            train_description=auditor.train_description,
+            train_fingerprint=auditor.train_fingerprint,
+            train_skipped=auditor.train_skipped,
+            candidates_skipped=candidates_skipped,
+        )
+        table = pa.table(
+            {
+                "key": pa.array([r.key for r in self.rows], pa.string()),
+                "label": pa.array([r.label for r in self.rows], pa.string()),
+                "nearest_train_key": pa.array([r.nearest_train_key for r in self.rows], pa.string()),
+                "similarity": pa.array([r.similarity for r in self.rows], pa.float64()),
+                "flagged": pa.array([r.flagged for r in self.rows], pa.bool_()),
+                "dropped": pa.array([r.dropped for r in self.rows], pa.bool_()),
+                "attempt": pa.array([r.attempt for r in self.rows], pa.int32()),
+            }
+        )
+        with atomic_path(out_dir / "audit.parquet") as tmp:
+            pq.write_table(table, tmp)
+        write_json(out_dir / "summary.json", summary)
+
+        items = self.gallery()
+        if show_training_images and train_source is not None:
+            _attach_training_thumbnails(items, train_source)
+        similarities = np.array([r.similarity for r in self.rows], dtype=np.float64)
+        html = render_report(summary, similarities, items, show_training_images=show_training_images)
+        write_text(out_dir / "report.html", html)
+        return summary
+
+
+def _attach_training_thumbnails(items: list[GalleryItem], train: Source) -> None:
+    """Read just the few training images the report shows, stopping as soon as all are found."""
+    wanted: dict[str, list[GalleryItem]] = {}
+    for item in items:
+        wanted.setdefault(item.row.nearest_train_key, []).append(item)
+    for sample in train:
+        for item in wanted.pop(sample.key, []):
+            item.train_thumbnail = thumbnail_png(sample.image)
+        if not wanted:
+            break
+
+
+def run_audit(
+    train: Source,
+    candidates: Source,
+    out_dir: str | Path,
+    *,
+    embedder: str | Embedder = "pixel",
+    threshold: float = 0.95,
+    show_training_images: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Audit every candidate against the training data; write the three outputs and return the summary."""
+    auditor = Auditor.from_source(train, embedder, threshold, progress)
+    log = AuditLog(auditor)
+    total = source_total(candidates)
+    for batch in batched(candidates, BATCH_SIZE):
+        log.extend(batch, auditor.check(batch))
+        if progress:
+            progress("auditing candidates", len(log.rows), total)
+    skipped = list(candidates.skipped)
+    if not log.rows:
+        where = f"{candidates.description}{_first_reason(skipped)}"
+        raise SynthgenError(f"no readable candidate images in {where}")
+    if progress:
+        progress("writing report", 0, None)
+    return log.write(
+        out_dir, candidates_skipped=skipped, show_training_images=show_training_images, train_source=train
+    )

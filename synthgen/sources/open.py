@@ -1,0 +1,64 @@
+"""`open_source`: turn a recipe `data:` block or a CLI path into a reader, detecting the format if needed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from synthgen.errors import SynthgenError
+from synthgen.sources.base import Source, existing_path
+from synthgen.sources.demo import DemoSource
+from synthgen.sources.imagefolder import METADATA_FILES, ImageFolderSource, list_images
+from synthgen.sources.parquet import ParquetSource, SynthgenSource
+from synthgen.sources.spec import SourceSpec, SourceType
+from synthgen.sources.webdataset import WebDatasetSource
+
+READERS = {
+    "imagefolder": ImageFolderSource,
+    "parquet": ParquetSource,
+    "webdataset": WebDatasetSource,
+    "synthgen": SynthgenSource,
+}
+
+
+def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = None) -> Source:
+    """A reader for `spec`; a str or Path is a path, the string `demo` the built-in phantoms.
+
+    Relative paths resolve against `base_dir` (the recipe's folder), else the working directory.
+    """
+    if isinstance(spec, os.PathLike):
+        spec = SourceSpec(path=os.fspath(spec))
+    elif isinstance(spec, str):
+        spec = SourceSpec(type="demo") if spec == "demo" else SourceSpec(path=spec)
+    if spec.type == "demo":
+        return DemoSource(spec)
+    if not spec.path:
+        raise SynthgenError(f"data source of type {spec.type or 'auto'} needs a `path`")
+    path = Path(spec.path).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return READERS[spec.type or detect_type(path)](spec, path)
+
+
+def detect_type(path: Path) -> SourceType:
+    """Guess the reader from what is at `path`, in order of the most specific layout."""
+    path = existing_path(path)
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".parquet", ".tar"):
+            return "parquet" if suffix == ".parquet" else "webdataset"
+    elif (path / "manifest.json").is_file():
+        return "synthgen"
+    elif any((path / name).is_file() for name in METADATA_FILES):
+        return "imagefolder"
+    elif _contains(path, "*.parquet"):
+        return "parquet"
+    elif _contains(path, "*.tar"):
+        return "webdataset"
+    elif list_images(path):
+        return "imagefolder"
+    raise SynthgenError(f"cannot tell what kind of data {path} is; set `type`")
+
+
+def _contains(folder: Path, pattern: str) -> bool:
+    return any(p.is_file() for p in folder.rglob(pattern))

@@ -1,0 +1,104 @@
+"""WebDataset shards: a `.tar` file or a folder of `*.tar`, read with `tarfile` directly.
+
+Members are grouped into samples by key: the basename up to its first dot (`0001.png`, `0001.txt`,
+`0001.json` form sample `0001`). The image comes from `.png/.jpg/.jpeg/.webp`, the caption from `.txt`,
+metadata from `.json` (a dict; its `label` -> label, its `prompt` -> caption when there is no `.txt`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from synthgen.errors import SynthgenError
+from synthgen.sample import Sample
+from synthgen.sources.base import (
+    Source,
+    existing_path,
+    fingerprint_of,
+    meta_str,
+    shard_files,
+    spec_settings,
+    take,
+)
+from synthgen.sources.spec import SourceSpec
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+
+
+def split_name(name: str) -> tuple[str, str, str]:
+    """`dir/0001.seg.png` -> (`dir`, `0001`, `seg.png`): folder, key and extension of a tar member."""
+    folder, base = posixpath.split(name)
+    key, _, ext = base.partition(".")
+    return folder, key, ext.lower()
+
+
+class WebDatasetSource(Source):
+    """Reads WebDataset tar shards one sample at a time; a shard that cannot be opened is skipped."""
+
+    def __init__(self, spec: SourceSpec, path: Path) -> None:
+        super().__init__(description=f"webdataset {path}")
+        self.spec = spec
+        self.root = existing_path(path)
+        self.tars = shard_files(self.root, "*.tar")
+        if not self.tars:
+            raise SynthgenError(f"no .tar files in {self.root}")
+
+    def _tar_samples(self, shard: Path) -> Iterator[Sample | None]:
+        with contextlib.ExitStack() as stack:
+            try:
+                archive = stack.enter_context(tarfile.open(shard, "r:*"))
+                members = archive.getmembers()  # headers only: group members even when out of order
+            except (OSError, tarfile.TarError) as error:
+                self._skip(shard.name, f"cannot read tar: {error}")
+                return
+            groups: dict[tuple[str, str], dict[str, tarfile.TarInfo]] = {}
+            for member in members:
+                if member.isfile():
+                    folder, key, ext = split_name(member.name)
+                    if key and ext:
+                        groups.setdefault((folder, key), {})[ext] = member
+            for (_, key), parts in groups.items():
+                yield self._group_sample(archive, key, parts)
+
+    def _group_sample(
+        self, archive: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo]
+    ) -> Sample | None:
+        def read(ext: str) -> bytes | None:
+            if ext not in parts:
+                return None
+            try:
+                handle = archive.extractfile(parts[ext])
+                return handle.read() if handle else None
+            except (OSError, tarfile.TarError):
+                return None
+
+        info = _json_dict(read("json"))
+        text = (read("txt") or b"").decode("utf-8", "replace").strip()
+        text = text or meta_str(info.get("prompt"))
+        label = meta_str(info.get("label")) or (read("cls") or b"").decode("utf-8", "replace").strip()
+        image_ext = next((ext for ext in IMAGE_EXTS if ext in parts), None)
+        if image_ext is None:
+            self._skip(key, "no image in sample")
+            return None
+        metadata = {name: meta_str(value) for name, value in info.items()}
+        return self._sample(key, read(image_ext), text, label, metadata)
+
+    def _iter_samples(self) -> Iterator[Sample]:
+        return take((s for shard in self.tars for s in self._tar_samples(shard)), self.spec.limit)
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(spec_settings(self.spec, "webdataset"), self.root, self.tars)
+
+
+def _json_dict(data: bytes | None) -> dict:
+    """A sample's `.json` as a dict; anything unreadable counts as no metadata, not as a failure."""
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
