@@ -60,9 +60,7 @@ def _get(mapping: Mapping[str, Any] | None, key: str, default: str = "unknown") 
 def _class_table(class_counts: Mapping[str, int]) -> list[str]:
     total = sum(class_counts.values()) or 1
     rows = ["| class | images | share |", "|---|---:|---:|"]
-    rows += [
-        f"| {label} | {count} | {100 * count / total:.1f}% |" for label, count in sorted(class_counts.items())
-    ]
+    rows += [f"| {label} | {count} | {100 * count / total:.1f}% |" for label, count in sorted(class_counts.items())]
     rows.append(f"| **total** | **{sum(class_counts.values())}** | 100% |")
     return rows
 

@@ -139,8 +139,7 @@ def _check_formats_agree(result: InspectResult, per_format: dict[str, dict[int, 
             theirs = per_format[reference].get(index)
             if fmt != reference and theirs is not None and sum(labels.values()) != sum(theirs.values()):
                 result.problems.append(
-                    f"shard {index}: {fmt} has {sum(labels.values())} samples, {reference} has "
-                    f"{sum(theirs.values())}"
+                    f"shard {index}: {fmt} has {sum(labels.values())} samples, {reference} has {sum(theirs.values())}"
                 )
     expected = result.manifest.get("class_counts")
     if isinstance(expected, dict) and {k: int(v) for k, v in expected.items()} != result.class_counts:

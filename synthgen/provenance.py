@@ -86,9 +86,7 @@ def sha256_tree(path: str | os.PathLike) -> str:
         return sha256_file(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    files = sorted(
-        (p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p)
-    )
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p))
     digest = hashlib.sha256()
     for relative, file in files:
         digest.update(f"{relative}\0{sha256_file(file)}\n".encode())

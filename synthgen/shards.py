@@ -138,8 +138,9 @@ class _ShardWriter:
 
     format = folder = suffix = ""  # set by subclasses
 
-    def __init__(self, out_dir: str | Path, shard_index: int, image_format: str = "png",
-                 jpeg_quality: int = 95) -> None:
+    def __init__(
+        self, out_dir: str | Path, shard_index: int, image_format: str = "png", jpeg_quality: int = 95
+    ) -> None:
         self.relpath = f"{self.folder}/shard-{shard_index:05d}.{self.suffix}"
         self.path = Path(out_dir) / self.relpath
         self.image_format = check_image_format(image_format)
@@ -296,8 +297,9 @@ def load_completed(out_dir: str | Path) -> dict[int, ShardRecord]:
 class ShardSet:
     """Writes shards in every requested format, all-or-nothing, and knows which are complete."""
 
-    def __init__(self, out_dir: str | Path, formats: Iterable[str] = FORMATS, image_format: str = "png",
-                 jpeg_quality: int = 95) -> None:
+    def __init__(
+        self, out_dir: str | Path, formats: Iterable[str] = FORMATS, image_format: str = "png", jpeg_quality: int = 95
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.formats = list(dict.fromkeys(formats))
         unknown = [f for f in self.formats if f not in WRITERS]
@@ -349,8 +351,11 @@ class ShardSet:
             writer.path.unlink(missing_ok=True)
 
 
-def write_manifest(out_dir: str | Path, records: Iterable[ShardRecord] | Mapping[int, ShardRecord],
-                   extra: Mapping[str, Any] | None = None) -> Path:
+def write_manifest(
+    out_dir: str | Path,
+    records: Iterable[ShardRecord] | Mapping[int, ShardRecord],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write `manifest.json`: every shard file with its sha256, totals, class counts, plus `extra`."""
     out_dir = Path(out_dir)
     items = sorted(records.values() if isinstance(records, Mapping) else records, key=lambda r: r.index)
@@ -362,12 +367,20 @@ def write_manifest(out_dir: str | Path, records: Iterable[ShardRecord] | Mapping
         for f in record.files:
             counts = per_format.setdefault(f.format, Counter())
             counts.update(num_shards=1, num_samples=f.num_samples, bytes=f.bytes)
-    totals = {"num_samples": sum(len(r.keys) for r in items), "num_shards": len(items),
-              "bytes": sum(t["bytes"] for t in per_format.values()),
-              "per_format": {fmt: dict(t) for fmt, t in per_format.items()}}
-    manifest: dict[str, Any] = {"synthgen_version": __version__, "created_at": utc_now(),
-                                "formats": sorted(per_format), "shards": shards, "totals": totals,
-                                "class_counts": dict(sorted(classes.items()))}
+    totals = {
+        "num_samples": sum(len(r.keys) for r in items),
+        "num_shards": len(items),
+        "bytes": sum(t["bytes"] for t in per_format.values()),
+        "per_format": {fmt: dict(t) for fmt, t in per_format.items()},
+    }
+    manifest: dict[str, Any] = {
+        "synthgen_version": __version__,
+        "created_at": utc_now(),
+        "formats": sorted(per_format),
+        "shards": shards,
+        "totals": totals,
+        "class_counts": dict(sorted(classes.items())),
+    }
     clash = sorted(set(manifest) & set(extra or {}))
     if clash:
         raise ValueError(f"manifest extra keys clash with reserved keys: {', '.join(clash)}")

@@ -131,9 +131,7 @@ def test_audit_log_keeps_few_thumbnails_flagged_first() -> None:
 
 
 def test_run_audit_writes_consistent_outputs(tmp_path: Path) -> None:
-    candidates = candidate_source(
-        {"copy_of_5": 5, "copy_of_12": 12, "new_1": 500, "new_2": 501}, bad=("broken",)
-    )
+    candidates = candidate_source({"copy_of_5": 5, "copy_of_12": 12, "new_1": 500, "new_2": 501}, bad=("broken",))
     summary = run_audit(train_source(), candidates, tmp_path, threshold=0.95)
 
     table = pq.read_table(tmp_path / "audit.parquet")

@@ -38,8 +38,12 @@ def test_clean_output_is_ok(output) -> None:
     assert result.ok, result.problems
     assert result.class_counts == {"normal": 3, "polyp": 4}
     rows = [(r.index, r.format, r.found_samples, r.checksum_ok) for r in result.shards]
-    assert rows == [(0, "parquet", 4, True), (0, "webdataset", 4, True),
-                    (1, "parquet", 3, True), (1, "webdataset", 3, True)]
+    assert rows == [
+        (0, "parquet", 4, True),
+        (0, "webdataset", 4, True),
+        (1, "parquet", 3, True),
+        (1, "webdataset", 3, True),
+    ]
     text = render(result)
     assert "polyp" in text and "✓" in text and "✗" not in text
 
@@ -50,8 +54,9 @@ def test_tampered_and_missing_shards_are_problems(output) -> None:
     table = pq.read_table(path)
     labels = table.column("label").to_pylist()
     labels[0] = "normal" if labels[0] == "polyp" else "polyp"
-    relabelled = table.set_column(table.schema.get_field_index("label"), table.schema.field("label"),
-                                  pa.array(labels, pa.string()))
+    relabelled = table.set_column(
+        table.schema.get_field_index("label"), table.schema.field("label"), pa.array(labels, pa.string())
+    )
     pq.write_table(relabelled, path)
     (output / "webdataset/shard-00000.tar").unlink()
     result = inspect_output(output)
@@ -97,17 +102,40 @@ def card_header(text: str) -> dict:
 
 
 def test_dataset_card(output) -> None:
-    provenance = {"model_id": "tiny-msdm", "model_sha256": "m" * 64, "recipe_name": "demo",
-                  "recipe_sha256": "r" * 64, "scheduler": "ddim", "steps": 20, "guidance_scale": 3.5}
-    audit = {"embedder": "pixel", "threshold": 0.95, "action": "drop", "checked": 9, "flagged": 2,
-             "dropped": 2, "max_similarity": 0.91}
-    path = write_dataset_card(output, name="Demo polyps", description="Toy data.", domain="colonoscopy",
-                              class_counts={"polyp": 4, "normal": 3}, formats=["parquet", "webdataset"],
-                              provenance_summary=provenance, audit_summary=audit, dp=None)
+    provenance = {
+        "model_id": "tiny-msdm",
+        "model_sha256": "m" * 64,
+        "recipe_name": "demo",
+        "recipe_sha256": "r" * 64,
+        "scheduler": "ddim",
+        "steps": 20,
+        "guidance_scale": 3.5,
+    }
+    audit = {
+        "embedder": "pixel",
+        "threshold": 0.95,
+        "action": "drop",
+        "checked": 9,
+        "flagged": 2,
+        "dropped": 2,
+        "max_similarity": 0.91,
+    }
+    path = write_dataset_card(
+        output,
+        name="Demo polyps",
+        description="Toy data.",
+        domain="colonoscopy",
+        class_counts={"polyp": 4, "normal": 3},
+        formats=["parquet", "webdataset"],
+        provenance_summary=provenance,
+        audit_summary=audit,
+        dp=None,
+    )
     text = path.read_text(encoding="utf-8")
     header = card_header(text)
-    assert header["configs"] == [{"config_name": "default",
-                                  "data_files": [{"split": "train", "path": "data/*.parquet"}]}]
+    assert header["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}
+    ]
     assert header["license"] == "other" and header["size_categories"] == ["n<1K"]
     assert header["tags"] == ["synthetic", "medical-imaging", "synthgen"]
     features = {f["name"]: f["dtype"] for f in header["dataset_info"]["features"]}
@@ -115,13 +143,26 @@ def test_dataset_card(output) -> None:
     assert "| polyp | 4 |" in text and "0.95" in text and "load_dataset" in text and "wds.WebDataset" in text
     assert "not trained with differential privacy: no formal guarantee" in text
 
-    private = write_dataset_card(output, name="x", description="", domain="", class_counts={"a": 1},
-                                 formats=["webdataset"], provenance_summary={}, audit_summary=None,
-                                 dp={"epsilon": 8.0, "delta": 1e-5}).read_text(encoding="utf-8")
+    private = write_dataset_card(
+        output,
+        name="x",
+        description="",
+        domain="",
+        class_counts={"a": 1},
+        formats=["webdataset"],
+        provenance_summary={},
+        audit_summary=None,
+        dp={"epsilon": 8.0, "delta": 1e-5},
+    ).read_text(encoding="utf-8")
     assert card_header(private)["configs"][0]["data_files"][0]["path"] == "webdataset/*.tar"
     assert "ε = 8.0" in private and "No memorization audit" in private and "load_dataset" not in private
 
 
 def test_size_categories() -> None:
     assert [size_category(n) for n in (0, 999, 1000, 50_000, 2_000_000)] == [
-        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"]
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "10K<n<100K",
+        "1M<n<10M",
+    ]

@@ -19,8 +19,18 @@ from synthgen.provenance import (
 )
 
 REQUIRED = dict(
-    label="polyp", prompt="a polyp", seed=7, recipe_name="demo", recipe_sha256="r" * 64, model_id="tiny",
-    model_sha256="m" * 64, scheduler="ddim", steps=30, guidance_scale=3.5, width=64, height=64,
+    label="polyp",
+    prompt="a polyp",
+    seed=7,
+    recipe_name="demo",
+    recipe_sha256="r" * 64,
+    model_id="tiny",
+    model_sha256="m" * 64,
+    scheduler="ddim",
+    steps=30,
+    guidance_scale=3.5,
+    width=64,
+    height=64,
     synthgen_version="0.1.0",
 )
 
@@ -34,8 +44,14 @@ def test_schema_order_and_types() -> None:
     assert types["guidance_scale"] == pa.float32() and types["dp_epsilon"] == pa.float64()
     assert types["audit_flagged"] == pa.bool_()
     nullable = {f.name for f in PROVENANCE_SCHEMA if f.nullable}
-    assert nullable == {"audit_embedder", "audit_threshold", "audit_similarity", "audit_flagged",
-                        "dp_epsilon", "dp_delta"}
+    assert nullable == {
+        "audit_embedder",
+        "audit_threshold",
+        "audit_similarity",
+        "audit_flagged",
+        "dp_epsilon",
+        "dp_delta",
+    }
 
 
 def test_record_fills_defaults_and_coerces() -> None:

@@ -32,10 +32,24 @@ def make_samples(n: int, seed: int = 0, labels: tuple[str, ...] = ("polyp", "nor
         prompt = f"an endoscopy image of {label} number {i} — ünïcode"
         image = Image.fromarray(rng.integers(0, 256, (16, 12, 3), dtype=np.uint8))
         record = provenance_record(
-            label=label, prompt=prompt, seed=seed * 1000 + i, recipe_name="demo", recipe_sha256="r" * 64,
-            model_id="tiny-msdm", model_sha256="m" * 64, scheduler="ddim", steps=20, guidance_scale=3.5,
-            width=12, height=16, synthgen_version="0.1.0", created_at="2024-01-01T00:00:00Z",
-            audit_embedder="pixel", audit_threshold=0.95, audit_similarity=0.5 + i / 100, audit_flagged=False,
+            label=label,
+            prompt=prompt,
+            seed=seed * 1000 + i,
+            recipe_name="demo",
+            recipe_sha256="r" * 64,
+            model_id="tiny-msdm",
+            model_sha256="m" * 64,
+            scheduler="ddim",
+            steps=20,
+            guidance_scale=3.5,
+            width=12,
+            height=16,
+            synthgen_version="0.1.0",
+            created_at="2024-01-01T00:00:00Z",
+            audit_embedder="pixel",
+            audit_threshold=0.95,
+            audit_similarity=0.5 + i / 100,
+            audit_flagged=False,
         )
         samples.append(Sample(key=f"s{seed}_{i:04d}", image=image, text=prompt, label=label, metadata=record))
     return samples
@@ -58,7 +72,10 @@ def test_parquet_schema_and_provenance_columns(tmp_path) -> None:
     assert row["image"]["path"] == f"{samples[1].key}.png"
     assert row["dp_epsilon"] is None and row["audit_attempt"] == 0
     assert {k: row[k] for k in ("label", "prompt", "seed")} == {
-        "label": samples[1].label, "prompt": samples[1].text, "seed": samples[1].metadata["seed"]}
+        "label": samples[1].label,
+        "prompt": samples[1].text,
+        "seed": samples[1].metadata["seed"],
+    }
     hf = json.loads(table.schema.metadata[b"huggingface"])
     assert hf["info"]["features"]["image"] == {"_type": "Image"}
     assert not list(tmp_path.glob("data/.*.tmp"))
@@ -68,8 +85,9 @@ def test_datasets_decodes_parquet_images(tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     samples = make_samples(4)
     ShardSet(tmp_path, ["parquet"]).write_shard(0, samples)
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf-cache"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train", cache_dir=str(tmp_path / "hf-cache")
+    )
     assert ds.num_rows == 4
     for row, sample in zip(ds, samples, strict=True):
         assert isinstance(row["image"], Image.Image)

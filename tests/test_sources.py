@@ -137,10 +137,7 @@ def test_fingerprint_tracks_changes(folder: Path) -> None:
     with (folder / "metadata.csv").open("a") as handle:
         handle.write("images/b.jpg,polyp,again,C\n")
     assert open_source(str(folder)).fingerprint() not in (first, second)
-    assert (
-        open_source(SourceSpec(path=str(folder), limit=1)).fingerprint()
-        != open_source(str(folder)).fingerprint()
-    )
+    assert open_source(SourceSpec(path=str(folder), limit=1)).fingerprint() != open_source(str(folder)).fingerprint()
 
 
 def struct_parquet(tmp_path: Path) -> Path:
@@ -155,9 +152,7 @@ def struct_parquet(tmp_path: Path) -> Path:
     ]
     image, question = pa.array(images, type=IMAGE_STRUCT), [f"q{i}" for i in range(5)]
     answer, centre = ["polyp", "normal", "x", "y", "z"], [1, 2, 3, 4, 5]
-    return write_parquet(
-        tmp_path / "pq/kvasir.parquet", image=image, question=question, answer=answer, centre=centre
-    )
+    return write_parquet(tmp_path / "pq/kvasir.parquet", image=image, question=question, answer=answer, centre=centre)
 
 
 def test_parquet_struct_images(tmp_path: Path) -> None:
@@ -189,9 +184,7 @@ def test_parquet_raw_bytes_folder_key_column_and_lazy_limit(tmp_path: Path) -> N
 
 def test_parquet_missing_column_is_one_line_error(tmp_path: Path) -> None:
     path = struct_parquet(tmp_path)
-    with pytest.raises(
-        SynthgenError, match=r"has no image_column 'pixels'; columns: image, question"
-    ) as error:
+    with pytest.raises(SynthgenError, match=r"has no image_column 'pixels'; columns: image, question") as error:
         open_source(SourceSpec(path=str(path), image_column="pixels"))
     assert "\n" not in str(error.value) and str(path) in str(error.value)
     with pytest.raises(SynthgenError, match="key_column 'id'"):
@@ -272,9 +265,7 @@ def test_detection_and_path_errors(tmp_path: Path, folder: Path) -> None:
     (folder / "metadata.jsonl").write_text("{}\n")
     errors.append((lambda: open_source(str(folder)), "both metadata.csv and metadata.jsonl"))
     write(tmp_path / "nofile/metadata.csv", b"path,label\nx.png,a\n")
-    errors.append(
-        (lambda: open_source(str(tmp_path / "nofile")), "no file_name column 'file_name'; columns: path")
-    )
+    errors.append((lambda: open_source(str(tmp_path / "nofile")), "no file_name column 'file_name'; columns: path"))
     for call, pattern in errors:
         with pytest.raises(SynthgenError, match=pattern) as error:
             call()
@@ -284,9 +275,7 @@ def test_detection_and_path_errors(tmp_path: Path, folder: Path) -> None:
 def redness_and_whiteness(image: Image.Image) -> tuple[float, float]:
     pixels = np.asarray(image, dtype=np.float32)
     red, green = pixels[..., 0], pixels[..., 1]
-    return float(((red > 90) & (green < 0.4 * red)).mean()), float(
-        ((green > 0.75 * red) & (green > 110)).mean()
-    )
+    return float(((red > 90) & (green < 0.4 * red)).mean()), float(((green > 0.75 * red) & (green > 110)).mean())
 
 
 def test_demo_phantoms() -> None:
@@ -300,9 +289,7 @@ def test_demo_phantoms() -> None:
     pattern += r"(upper left|upper right|lower left|lower right|centre)|normal mucosa)"
     assert all(re.fullmatch(pattern, s.text) and s.label in s.text for s in samples)
     again = list(open_source(spec))
-    assert all(
-        np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(samples, again, strict=True)
-    )
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(samples, again, strict=True))
     other_seed = list(open_source(spec.model_copy(update={"seed": 5})))
     assert not np.array_equal(np.asarray(samples[0].image), np.asarray(other_seed[0].image))
     assert open_source(spec).fingerprint() != open_source(spec.model_copy(update={"seed": 5})).fingerprint()
@@ -317,13 +304,10 @@ def test_demo_phantoms() -> None:
 
 def test_demo_classes_differ_visibly() -> None:
     stats = {
-        k: np.mean([redness_and_whiteness(draw_phantom(k, 0, i, 64)[0]) for i in range(12)], 0)
-        for k in DEMO_CLASSES
+        k: np.mean([redness_and_whiteness(draw_phantom(k, 0, i, 64)[0]) for i in range(12)], 0) for k in DEMO_CLASSES
     }
     assert stats["polyp"][0] > 0.05 and stats["polyp"][0] > 5 * stats["normal"][0]
-    assert stats["ulcer"][1] > 0.02 and stats["ulcer"][1] > 10 * max(
-        stats["normal"][1], stats["polyp"][1], 1e-4
-    )
+    assert stats["ulcer"][1] > 0.02 and stats["ulcer"][1] > 10 * max(stats["normal"][1], stats["polyp"][1], 1e-4)
 
 
 REAL_SETS = {

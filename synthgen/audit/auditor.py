@@ -7,9 +7,10 @@ audit.parquet, summary.json and report.html; `run_audit` is the `synthgen audit`
 
 from __future__ import annotations
 
+import base64
 import heapq
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +113,34 @@ class AuditLog:
         )
         self.rows.append(row)
         rank = (row.flagged, row.similarity, -len(self.rows))  # ties: earlier candidates first
-        if len(self._shown) < self.max_thumbnails:
-            heapq.heappush(self._shown, (rank, len(self.rows) - 1, thumbnail_png(sample.image)))
-        elif self._shown and rank > self._shown[0][0]:
-            heapq.heapreplace(self._shown, (rank, len(self.rows) - 1, thumbnail_png(sample.image)))
+        self._keep(rank, len(self.rows) - 1, lambda: thumbnail_png(sample.image))
 
     def extend(self, samples: Iterable[Sample], verdicts: Iterable[Verdict]) -> None:
         for sample, verdict in zip(samples, verdicts, strict=True):
             self.add(sample, verdict)
+
+    def state(self) -> dict[str, Any]:
+        """Rows and kept thumbnails as JSON-able data, so a resumed build can rebuild the whole log."""
+        return {
+            "rows": [asdict(row) for row in self.rows],
+            "thumbnails": {str(index): base64.b64encode(png).decode() for _, index, png in self._shown},
+        }
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Append the rows (and thumbnails) of another log's `state()`."""
+        offset = len(self.rows)
+        self.rows.extend(AuditRow(**row) for row in state["rows"])
+        for index_text, encoded in state["thumbnails"].items():
+            index = offset + int(index_text)
+            row = self.rows[index]
+            self._keep((row.flagged, row.similarity, -(index + 1)), index, lambda e=encoded: base64.b64decode(e))
+
+    def _keep(self, rank: tuple[bool, float, int], index: int, png: Callable[[], bytes]) -> None:
+        """Keep the thumbnail if it ranks among the `max_thumbnails` best (made lazily: PNGs cost time)."""
+        if len(self._shown) < self.max_thumbnails:
+            heapq.heappush(self._shown, (rank, index, png()))
+        elif self._shown and rank > self._shown[0][0]:
+            heapq.heapreplace(self._shown, (rank, index, png()))
 
     def gallery(self) -> list[GalleryItem]:
         """What the report shows: flagged candidates if any, else the most similar; most similar first."""
@@ -213,6 +234,4 @@ def run_audit(
         raise SynthgenError(f"no readable candidate images in {where}")
     if progress:
         progress("writing report", 0, None)
-    return log.write(
-        out_dir, candidates_skipped=skipped, show_training_images=show_training_images, train_source=train
-    )
+    return log.write(out_dir, candidates_skipped=skipped, show_training_images=show_training_images, train_source=train)

@@ -86,9 +86,7 @@ def histogram_svg(similarities: np.ndarray, threshold: float, *, bins: int = 50)
     axis_y = top + plot_h
     parts.append(f'<line x1="{left}" y1="{axis_y}" x2="{left + plot_w}" y2="{axis_y}" stroke="#444"/>')
     for tick in np.linspace(lo, hi, 6):
-        parts.append(
-            f'<text x="{x(tick):.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle">{tick:.2f}</text>'
-        )
+        parts.append(f'<text x="{x(tick):.1f}" y="{axis_y + 16}" font-size="11" text-anchor="middle">{tick:.2f}</text>')
     parts.append(f'<text x="4" y="{top + 10}" font-size="11">{peak}</text>')
     tx = x(min(max(threshold, lo), hi))
     parts.append(
@@ -114,9 +112,7 @@ def _cards(summary: dict[str, Any]) -> str:
             f"{summary['skipped']['train']['count']} / {summary['skipped']['candidates']['count']}",
         ),
     ]
-    body = "".join(
-        f'<div class="{c}">{escape(name)}<b>{escape(str(value))}</b></div>' for c, name, value in cards
-    )
+    body = "".join(f'<div class="{c}">{escape(name)}<b>{escape(str(value))}</b></div>' for c, name, value in cards)
     return f'<div class="cards">{body}</div>'
 
 

@@ -113,9 +113,7 @@ def meta_str(value: Any) -> str:
     return str(value)
 
 
-def fingerprint_of(
-    settings: dict[str, Any], root: Path, files: Iterable[Path], contents: Iterable[Path] = ()
-) -> str:
+def fingerprint_of(settings: dict[str, Any], root: Path, files: Iterable[Path], contents: Iterable[Path] = ()) -> str:
     """sha256 of reader settings, the bytes of small `contents` files, and path/size/mtime of `files`.
 
     Stat-based for bulk data so fingerprinting a large folder costs no image reads.

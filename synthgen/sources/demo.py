@@ -55,9 +55,7 @@ def phantom_caption(kind: str, size: str, location: str) -> str:
     return _CAPTION + ("normal mucosa" if kind == "normal" else f"a {size} {kind} in the {location}")
 
 
-def draw_phantom(
-    kind: str, seed: int, index: int, resolution: int = 64
-) -> tuple[Image.Image, str, dict[str, str]]:
+def draw_phantom(kind: str, seed: int, index: int, resolution: int = 64) -> tuple[Image.Image, str, dict[str, str]]:
     """One phantom (image, caption, metadata); deterministic in (seed, kind, index)."""
     if kind not in DEMO_CLASSES:
         raise SynthgenError(f"unknown demo class {kind!r}; valid: {', '.join(DEMO_CLASSES)}")
@@ -126,9 +124,7 @@ def _polyp(img: np.ndarray, rng: np.random.Generator, grid: Grid, centre: np.nda
     shadow = np.exp(-(((e - 1.08) / 0.12) ** 2)) * np.clip(dx / radius * lx + dy / radius * ly, 0, 1)
     img *= (1 - 0.45 * shadow)[..., None]
     img[:] = img * (1 - alpha) + dome * alpha
-    spot = np.exp(
-        -((dx + 0.4 * radius * lx) ** 2 + (dy + 0.4 * radius * ly) ** 2) / (2 * (0.1 * radius) ** 2)
-    )
+    spot = np.exp(-((dx + 0.4 * radius * lx) ** 2 + (dy + 0.4 * radius * ly) ** 2) / (2 * (0.1 * radius) ** 2))
     spot = (spot * alpha[..., 0])[..., None]
     img[:] = img * (1 - spot) + spot
 
@@ -141,9 +137,7 @@ def _ulcer(
     radius = rng.uniform(0.09, 0.13) if size == "small" else rng.uniform(0.15, 0.21)
     dy, dx = y - centre[0], x - centre[1]
     angle = np.arctan2(dy, dx)
-    wobble = sum(
-        rng.uniform(0.1, 0.3) / k * np.sin(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)
-    )
+    wobble = sum(rng.uniform(0.1, 0.3) / k * np.sin(k * angle + rng.uniform(0, 2 * np.pi)) for k in range(2, 6))
     dist = np.hypot(dy, dx) / (radius * (1 + wobble))
     rim = (0.85 * np.exp(-(((dist - 1.0) / 0.22) ** 2)))[..., None]
     img[:] = img * (1 - rim) + np.array([0.5, 0.07, 0.06]) * rim
@@ -159,9 +153,7 @@ def _vessels(img: np.ndarray, rng: np.random.Generator, grid: Grid) -> None:
     for _ in range(int(rng.integers(2, 5))):
         theta = rng.uniform(0, np.pi)
         u, v = x * np.cos(theta) + y * np.sin(theta), y * np.cos(theta) - x * np.sin(theta)
-        path = rng.uniform(-0.6, 0.9) + rng.uniform(0.01, 0.05) * np.sin(
-            rng.uniform(8, 20) * u + rng.uniform(0, 6)
-        )
+        path = rng.uniform(-0.6, 0.9) + rng.uniform(0.01, 0.05) * np.sin(rng.uniform(8, 20) * u + rng.uniform(0, 6))
         line = (0.45 * np.exp(-(((v - path) / rng.uniform(0.006, 0.012)) ** 2)))[..., None]
         img[:] = img * (1 - line) + np.array([0.55, 0.1, 0.12]) * line
 

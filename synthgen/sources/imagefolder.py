@@ -52,10 +52,7 @@ def read_metadata(path: Path) -> list[dict[str, str]]:
     try:
         if path.suffix == ".csv":
             with path.open(newline="", encoding="utf-8-sig") as handle:
-                return [
-                    {k: meta_str(v) for k, v in row.items() if k is not None}
-                    for row in csv.DictReader(handle)
-                ]
+                return [{k: meta_str(v) for k, v in row.items() if k is not None} for row in csv.DictReader(handle)]
         rows = []
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):

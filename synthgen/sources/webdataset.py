@@ -65,9 +65,7 @@ class WebDatasetSource(Source):
             for (_, key), parts in groups.items():
                 yield self._group_sample(archive, key, parts)
 
-    def _group_sample(
-        self, archive: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo]
-    ) -> Sample | None:
+    def _group_sample(self, archive: tarfile.TarFile, key: str, parts: dict[str, tarfile.TarInfo]) -> Sample | None:
         def read(ext: str) -> bytes | None:
             if ext not in parts:
                 return None

@@ -1,0 +1,248 @@
+"""`synthgen build`: recipe → plan → model → generate → audit → write, one shard at a time.
+
+Shard `i` of the plan is the unit of work and of resumption: a shard is either completely on disk (files plus
+a marker with their checksums) or redone. The audit log of each finished shard is kept beside its marker, so
+the final report covers every shard even when the build was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthgen import __version__
+from synthgen.atomic import write_json, write_text
+from synthgen.errors import SynthgenError
+from synthgen.plan import Job, Plan, Shard, make_plan
+from synthgen.recipe import LoadedRecipe
+from synthgen.sample import Sample
+
+STATE_DIR = ".synthgen"
+OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml")
+
+
+class Reporter:
+    """What a build tells the user; the CLI passes a rich implementation, Python callers may pass none."""
+
+    def log(self, message: str) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    plan: Plan
+    class_counts: dict[str, int]
+    shards_written: int
+    shards_resumed: int
+    model_id: str
+    audit_summary: dict[str, Any] | None
+    shortfall: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_output(out_dir: Path, loaded: LoadedRecipe, overwrite: bool) -> None:
+    """Refuse to mix two recipes in one folder or to write into a folder that is not ours."""
+    state_file = out_dir / STATE_DIR / "build.json"
+    if state_file.is_file():
+        previous = json.loads(state_file.read_text())
+        if previous.get("recipe_sha256") == loaded.sha256:
+            return
+        if not overwrite:
+            raise SynthgenError(
+                f"{out_dir}: holds a build of a different recipe (or an edited one); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        for name in OWNED:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise SynthgenError(f"{out_dir}: folder exists and is not a synthgen output; choose an empty or new --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(state_file, {"recipe_sha256": loaded.sha256, "recipe_name": loaded.recipe.name})
+
+
+class ShardBuilder:
+    """Generates one shard's samples, audits them and replaces dropped copies with fresh seeds."""
+
+    def __init__(self, loaded: LoadedRecipe, generator, auditor, reporter: Reporter):
+        self.recipe = loaded.recipe
+        self.generator = generator
+        self.auditor = auditor
+        self.reporter = reporter
+
+    def run(self, shard: Shard) -> tuple[list[Sample], Any]:
+        from synthgen.audit import AuditLog
+
+        log = AuditLog(self.auditor) if self.auditor else None
+        kept: dict[str, Sample] = {}
+        pending: list[Job] = list(shard.jobs)
+        audit = self.recipe.audit
+        while pending:
+            samples = self._generate(pending)
+            if log is None:
+                kept.update((s.key, s) for s in samples)
+                break
+            retry: list[Job] = []
+            for job, sample, verdict in zip(pending, samples, self.auditor.check(samples), strict=True):
+                sample.metadata.update(
+                    audit_embedder=self.auditor.embedder.name,
+                    audit_threshold=self.auditor.threshold,
+                    audit_similarity=verdict.similarity,
+                    audit_flagged=verdict.flagged,
+                )
+                drop = verdict.flagged and audit.action == "drop"
+                log.add(sample, verdict, dropped=drop, attempt=job.attempt)
+                if not drop:
+                    kept[job.key] = sample
+                elif job.attempt < audit.max_retries:
+                    retry.append(job.retry())
+                else:
+                    self.reporter.log(f"[yellow]{job.key}: still a copy after {job.attempt + 1} tries; left out")
+            pending = retry
+        return [kept[job.key] for job in shard.jobs if job.key in kept], log
+
+    def _generate(self, jobs: list[Job]) -> list[Sample]:
+        samples = []
+        size = self.recipe.sampling.batch_size
+        for start in range(0, len(jobs), size):
+            samples.extend(self.generator.generate(jobs[start : start + size]))
+            self.reporter.progress("generating", len(samples), len(jobs))
+        return samples
+
+
+def _provenance(loaded: LoadedRecipe, model, model_sha256: str) -> dict[str, Any]:
+    dp = model.dp or {}
+    return {
+        "recipe_name": loaded.recipe.name,
+        "recipe_sha256": loaded.sha256,
+        "model_id": model.model_id,
+        "model_sha256": model_sha256,
+        "dp_epsilon": dp.get("epsilon"),
+        "dp_delta": dp.get("delta"),
+    }
+
+
+def build(
+    loaded: LoadedRecipe,
+    out_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> BuildResult:
+    """Build (or resume) the dataset a recipe describes; returns what was written."""
+    from synthgen.audit import AuditLog, Auditor
+    from synthgen.card import write_dataset_card
+    from synthgen.generate import Generator, load_model, pick_device
+    from synthgen.models.resolve import resolve_model
+    from synthgen.shards import ShardSet, load_completed, write_manifest
+    from synthgen.sources import open_source
+
+    reporter = reporter or Reporter()
+    recipe = loaded.recipe
+    out = loaded.output_dir(out_dir)
+    plan = make_plan(recipe)
+    device = pick_device(recipe.sampling.device)
+    prepare_output(out, loaded, overwrite)
+    shutil.copyfile(loaded.path, out / "recipe.yaml")
+
+    resolved = resolve_model(loaded, reporter.progress)
+    reporter.log(f"model: {resolved.model_id} ({'trained now' if resolved.trained_now else 'cached'})")
+    model_sha256 = resolved.sha256()
+    model = load_model(resolved.path, resolved.model_id, model_sha256, device)
+    generator = Generator(model, recipe.sampling, _provenance(loaded, model, model_sha256))
+
+    audit_spec = recipe.audit_data()
+    train_source = open_source(audit_spec, loaded.base_dir) if audit_spec else None
+    auditor = None
+    if train_source is not None:
+        auditor = Auditor.from_source(train_source, recipe.audit.embedder, recipe.audit.threshold, reporter.progress)
+
+    shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
+    builder = ShardBuilder(loaded, generator, auditor, reporter)
+    audit_state_dir = out / STATE_DIR / "audit"
+    written = resumed = 0
+    for shard in plan.shards:
+        state_file = audit_state_dir / f"shard-{shard.index:05d}.json"
+        if shard_set.is_complete(shard.index) and (auditor is None or state_file.is_file()):
+            resumed += 1
+            continue
+        samples, log = builder.run(shard)
+        shard_set.write_shard(shard.index, samples)
+        if log is not None:
+            write_json(state_file, log.state())
+        written += 1
+        reporter.log(f"shard {shard.index}: {len(samples)} samples")
+
+    records = load_completed(out)
+    class_counts: dict[str, int] = {}
+    for record in records.values():
+        for label, n in record.class_counts.items():
+            class_counts[label] = class_counts.get(label, 0) + n
+    wanted = plan.class_counts()
+    shortfall = {label: n - class_counts.get(label, 0) for label, n in wanted.items() if class_counts.get(label, 0) < n}
+
+    audit_summary = None
+    if auditor is not None:
+        final_log = AuditLog(auditor)
+        for shard in plan.shards:
+            final_log.merge(json.loads((audit_state_dir / f"shard-{shard.index:05d}.json").read_text()))
+        audit_summary = final_log.write(out / "audit", candidates_skipped=[])
+        audit_summary["action"] = recipe.audit.action
+
+    dp = model.dp
+    audit_brief = None
+    if audit_summary is not None:
+        audit_brief = {
+            "embedder": audit_summary.get("embedder"),
+            "threshold": audit_summary.get("threshold"),
+            "action": recipe.audit.action,
+            "checked": audit_summary.get("n_candidates"),
+            "flagged": audit_summary.get("n_flagged"),
+            "dropped": audit_summary.get("n_dropped"),
+            "max_similarity": (audit_summary.get("similarity") or {}).get("max"),
+        }
+    extra = {
+        "recipe": {"name": recipe.name, "sha256": loaded.sha256, "file": "recipe.yaml"},
+        "model": {"id": model.model_id, "sha256": model_sha256},
+        "sampling": recipe.sampling.model_dump(mode="json"),
+        "audit": audit_brief,
+        "dp": dp,
+        "planned_class_counts": wanted,
+        "shortfall": shortfall,
+    }
+    write_manifest(out, records, extra)
+    write_dataset_card(
+        out,
+        name=recipe.name,
+        description=recipe.description,
+        domain=recipe.domain,
+        class_counts=class_counts,
+        formats=list(recipe.output.formats),
+        provenance_summary={
+            "model_id": model.model_id,
+            "model_sha256": model_sha256,
+            "recipe_name": recipe.name,
+            "recipe_sha256": loaded.sha256,
+            "scheduler": recipe.sampling.scheduler,
+            "steps": recipe.sampling.steps,
+            "guidance_scale": recipe.sampling.guidance_scale,
+            "synthgen_version": __version__,
+        },
+        audit_summary=audit_brief,
+        dp=dp,
+    )
+    write_text(out / STATE_DIR / "done", "complete\n")
+    return BuildResult(out, plan, class_counts, written, resumed, model.model_id, audit_summary, shortfall)
+
+
+ProgressCallback = Callable[[str, int, int | None], None]

@@ -1,0 +1,259 @@
+"""The `synthgen` command line: argument parsing and rich output only.
+
+Heavy libraries (torch, diffusers, transformers, faiss) are imported inside the commands, so `synthgen --help`
+answers at once. Every user error is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from synthgen import __version__
+from synthgen.errors import SynthgenError
+
+app = typer.Typer(
+    name="synthgen",
+    help="Synthetic medical image datasets: recipe -> diffusion model -> class-balanced samples -> "
+    "memorization audit -> Parquet/WebDataset shards with provenance.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"synthgen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Synthetic medical image datasets with a memorization audit and per-sample provenance."""
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn `SynthgenError` into one red line and exit code 2; Ctrl-C into a hint that reruns resume."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except SynthgenError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/] finished shards are kept; run the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class RichReporter:
+    """Maps pipeline progress callbacks (stage, done, total) onto rich progress bars, one per stage."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+        self._tasks: dict[str, Any] = {}
+
+    def log(self, message: str) -> None:
+        self._progress.console.print(message, highlight=False)
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:
+        if stage not in self._tasks:
+            self.finish()  # a new stage means the earlier ones are over
+            self._tasks[stage] = self._progress.add_task(stage, total=total)
+        self._progress.update(self._tasks[stage], completed=done, total=total)
+
+    def finish(self) -> None:
+        """Close bars of stages whose length was unknown (or that ended early), so their clocks stop."""
+        for task in self._progress.tasks:
+            if not task.finished:
+                self._progress.update(task.id, total=task.completed)
+
+
+def _progress_bars() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _load(recipe: Path):
+    from synthgen.recipe import load_recipe
+
+    return load_recipe(recipe)
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+OutOption = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output folder (default: the recipe's output.dir).")
+]
+
+
+@app.command()
+@user_errors
+def validate(recipe: RecipeArg, out_dir: OutOption = None) -> None:
+    """Check a recipe as a build would (schema, files, classes, model, audit data, output folder)."""
+    from synthgen.validate import validate_recipe
+
+    for line in validate_recipe(_load(recipe), out_dir):
+        out.print(f"  {line}", highlight=False)
+    out.print(f"[green]ok[/]: {recipe} is valid")
+
+
+@app.command()
+@user_errors
+def build(
+    recipe: RecipeArg,
+    out_dir: OutOption = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an output folder that holds another recipe's build.")
+    ] = False,
+) -> None:
+    """Build the dataset a recipe describes (resumes an interrupted build in the same folder)."""
+    from synthgen.build import build as run_build
+    from synthgen.validate import validate_recipe
+
+    loaded = _load(recipe)
+    validate_recipe(loaded, out_dir, overwrite)
+    with _progress_bars() as bars:
+        reporter = RichReporter(bars)
+        result = run_build(loaded, out_dir, overwrite=overwrite, reporter=reporter)
+        reporter.finish()
+    from rich.table import Table
+
+    out.print(
+        f"[bold]{loaded.recipe.name}[/]: {sum(result.class_counts.values())} images in {result.out_dir.resolve()}"
+    )
+    table = Table()
+    for column in ("class", "images", "planned"):
+        table.add_column(column)
+    planned = result.plan.class_counts()
+    for label, n in planned.items():
+        table.add_row(label, str(result.class_counts.get(label, 0)), str(n))
+    out.print(table)
+    if result.audit_summary:
+        s = result.audit_summary
+        out.print(
+            f"audit: {s['n_flagged']} of {s['n_candidates']} generated images at or above "
+            f"{s['embedder']} similarity {s['threshold']} ({s['n_dropped']} dropped); report: "
+            f"{(result.out_dir / 'audit' / 'report.html').resolve()}",
+            highlight=False,
+        )
+    out.print(f"shards written {result.shards_written}, resumed {result.shards_resumed}")
+    if result.shortfall:
+        console.print(f"[yellow]warning:[/] classes short of their count after dropping copies: {result.shortfall}")
+
+
+@app.command()
+@user_errors
+def train(recipe: RecipeArg, out_dir: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")]):
+    """Train the recipe's MSDM (model.train) and save it as a diffusers pipeline folder."""
+    from synthgen.sources import open_source
+    from synthgen.train import train_msdm
+
+    loaded = _load(recipe)
+    config = loaded.recipe.model.train
+    if config is None:
+        raise SynthgenError(f"{recipe}: model.train: this recipe uses a pretrained model; nothing to train")
+    source = open_source(config.data, loaded.base_dir)
+    with _progress_bars() as bars:
+        train_msdm(config, source, out_dir, RichReporter(bars).progress)
+    out.print(f"[green]saved[/] {out_dir} (load it with diffusers.DiffusionPipeline.from_pretrained)")
+
+
+@app.command()
+@user_errors
+def audit(
+    train: Annotated[str, typer.Option(help="Training data: folder, .parquet, .tar, synthgen output or 'demo'.")],
+    candidates: Annotated[str, typer.Option(help="Images to check: same kinds as --train.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.parquet, summary.json, report.html.")],
+    embedder: Annotated[str, typer.Option(help="Image embedder.")] = "pixel",
+    threshold: Annotated[float, typer.Option(help="Similarity at or above which a candidate is a copy.")] = 0.95,
+    show_training_images: Annotated[
+        bool, typer.Option(help="Put the matched training images in report.html (off: privacy).")
+    ] = False,
+) -> None:
+    """Find each candidate's nearest training image and flag copies (memorization audit)."""
+    from synthgen.audit import run_audit
+    from synthgen.sources import open_source
+
+    train_source = open_source(train, Path.cwd())
+    candidate_source = open_source(candidates, Path.cwd())
+    with _progress_bars() as bars:
+        summary = run_audit(
+            train_source,
+            candidate_source,
+            out_dir,
+            embedder=embedder,
+            threshold=threshold,
+            show_training_images=show_training_images,
+            progress=RichReporter(bars).progress,
+        )
+    skipped = summary.get("skipped", {})
+    out.print(
+        f"{summary['n_flagged']} of {summary['n_candidates']} candidates flagged "
+        f"(similarity >= {summary['threshold']}); nearest-neighbour p95 {summary['similarity']['p95']}",
+        highlight=False,
+    )
+    for side in ("train", "candidates"):
+        items = skipped.get(side, {}).get("items", []) if isinstance(skipped, dict) else []
+        if items:
+            console.print(f"[yellow]skipped {len(items)} unreadable {side} image(s):[/]")
+            for item in items[:20]:
+                console.print(f"  {item['key']}: {item['reason']}", highlight=False)
+    out.print(f"report: {out_dir / 'report.html'}")
+
+
+@app.command()
+@user_errors
+def inspect(out_dir: Annotated[Path, typer.Argument(help="A synthgen output folder.")]) -> None:
+    """Count samples per class and shard and re-verify every shard's checksum against the manifest."""
+    from synthgen.inspect import inspect_output, render_inspect
+
+    result = inspect_output(out_dir)
+    render_inspect(result, out)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def schema(
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of recipes (for editors: yaml-language-server)."""
+    import json
+
+    from synthgen.atomic import write_text
+    from synthgen.recipe import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output:
+        write_text(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,175 @@
+"""Batched classifier-free-guidance sampling of plan jobs with any diffusers text-to-image pipeline.
+
+Each sample's initial noise comes from its own CPU generator seeded with the job's seed, so an image depends
+only on (model, prompt, seed, sampler settings), not on batch size, batch neighbours or the device type.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synthgen import __version__
+from synthgen.errors import SynthgenError
+from synthgen.plan import Job
+from synthgen.recipe import SamplingConfig
+from synthgen.sample import Sample
+
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "dpm-solver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+}
+
+
+def pick_device(requested: str = "auto"):
+    """`auto` prefers CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        requested = next(name for name in ("cuda", "mps", "cpu") if available[name])
+    if not available[requested]:
+        raise SynthgenError(f"sampling.device: '{requested}' is not available on this machine")
+    return torch.device(requested)
+
+
+def pick_dtype(device):
+    """Half precision on accelerators (bf16 where supported: no fp16 VAE overflow), fp32 on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to sample, plus what provenance needs to know about it."""
+
+    pipeline: Any
+    model_id: str
+    model_sha256: str
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def dp(self) -> dict[str, Any] | None:
+        """The privacy record of a DP-trained model (`privacy.json` beside the weights), if any."""
+        return self.info.get("dp")
+
+    @property
+    def default_resolution(self) -> int:
+        pipe = self.pipeline
+        sample_size = pipe.unet.config.sample_size if hasattr(pipe, "unet") else None
+        if isinstance(sample_size, int) and hasattr(pipe, "vae_scale_factor"):
+            return sample_size * pipe.vae_scale_factor
+        return 512
+
+
+def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedModel:
+    """Load a diffusers pipeline folder with every component in eval mode on `device`."""
+    from diffusers import DiffusionPipeline
+
+    from synthgen.models import quiet_libraries
+
+    quiet_libraries()
+    dtype = pick_dtype(device)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, ImportError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SynthgenError(f"model {model_id}: cannot load diffusers pipeline from {path}: {first}") from None
+    pipeline = pipeline.to(device)
+    for component in pipeline.components.values():
+        if hasattr(component, "eval"):
+            component.eval()
+    if hasattr(pipeline, "safety_checker") and getattr(pipeline, "safety_checker", None) is not None:
+        pipeline.safety_checker = None  # medical images trip NSFW filters; outputs are audited instead
+    pipeline.set_progress_bar_config(disable=True)
+    info: dict[str, Any] = {}
+    if (Path(path) / "synthgen_model.json").exists():
+        info = json.loads((Path(path) / "synthgen_model.json").read_text())
+    if (Path(path) / "privacy.json").exists():
+        info["dp"] = json.loads((Path(path) / "privacy.json").read_text())
+    return LoadedModel(pipeline, model_id, model_sha256, Path(path), info)
+
+
+def set_scheduler(pipeline, name: str) -> None:
+    import diffusers
+
+    class_name, extra = SCHEDULERS[name]
+    config = dict(pipeline.scheduler.config)
+    config["steps_offset"] = 1
+    pipeline.scheduler = getattr(diffusers, class_name).from_config(config, **extra)
+
+
+class Generator:
+    """Turns jobs into samples with provenance; one instance per (model, sampling settings)."""
+
+    def __init__(self, model: LoadedModel, sampling: SamplingConfig, provenance: dict[str, Any]):
+        import torch
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.model = model
+        self.sampling = sampling
+        self.resolution = sampling.resolution or model.default_resolution
+        self.provenance = provenance
+        set_scheduler(model.pipeline, sampling.scheduler)
+        self._accepts = set(inspect.signature(model.pipeline.__call__).parameters)
+
+    def _call_kwargs(self, jobs: list[Job]) -> dict[str, Any]:
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "prompt": [job.prompt for job in jobs],
+            "num_inference_steps": self.sampling.steps,
+            "guidance_scale": self.sampling.guidance_scale,
+            "generator": [torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
+            "height": self.resolution,
+            "width": self.resolution,
+            "output_type": "pil",
+        }
+        if "negative_prompt" in self._accepts and self.sampling.negative_prompt:
+            kwargs["negative_prompt"] = [self.sampling.negative_prompt] * len(jobs)
+        return {k: v for k, v in kwargs.items() if k in self._accepts}
+
+    def generate(self, jobs: list[Job]) -> list[Sample]:
+        """Sample `jobs` in batches of `sampling.batch_size`; returns samples in job order."""
+        import torch
+
+        samples: list[Sample] = []
+        size = self.sampling.batch_size
+        for start in range(0, len(jobs), size):
+            batch = jobs[start : start + size]
+            with torch.inference_mode():
+                images = self.model.pipeline(**self._call_kwargs(batch)).images
+            samples.extend(self._sample(job, image) for job, image in zip(batch, images, strict=True))
+        return samples
+
+    def _sample(self, job: Job, image) -> Sample:
+        metadata = {
+            **self.provenance,
+            "label": job.label,
+            "prompt": job.prompt,
+            "seed": job.seed,
+            "scheduler": self.sampling.scheduler,
+            "steps": self.sampling.steps,
+            "guidance_scale": self.sampling.guidance_scale,
+            "width": image.width,
+            "height": image.height,
+            "audit_attempt": job.attempt,
+            "synthgen_version": __version__,
+        }
+        return Sample(key=job.key, image=image.convert("RGB"), text=job.prompt, label=job.label, metadata=metadata)
