@@ -28,8 +28,8 @@ OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md",
 class Reporter:
     """What a build tells the user; the CLI passes a rich implementation, Python callers may pass none."""
 
-    def log(self, message: str) -> None:  # noqa: B027 - optional hook
-        pass
+    def log(self, message: str, warning: bool = False) -> None:  # noqa: B027 - optional hook
+        """Plain text (no markup); `warning` marks something the user should look at."""
 
     def progress(self, stage: str, done: int, total: int | None) -> None:  # noqa: B027 - optional hook
         pass
@@ -107,7 +107,7 @@ class ShardBuilder:
                 elif job.attempt < audit.max_retries:
                     retry.append(job.retry())
                 else:
-                    self.reporter.log(f"[yellow]{job.key}: still a copy after {job.attempt + 1} tries; left out")
+                    self.reporter.log(f"{job.key}: still a copy after {job.attempt + 1} tries; left out", warning=True)
             pending = retry
         return [kept[job.key] for job in shard.jobs if job.key in kept], log
 
@@ -166,6 +166,13 @@ def build(
     auditor = None
     if train_source is not None:
         auditor = Auditor.from_source(train_source, recipe.audit.embedder, recipe.audit.threshold, reporter.progress)
+        if auditor.train_skipped:
+            first = auditor.train_skipped[0]
+            reporter.log(
+                f"audit data: skipped {len(auditor.train_skipped)} unreadable image(s), e.g. "
+                f"{first.key}: {first.reason} (listed in audit/summary.json)",
+                warning=True,
+            )
 
     shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
     builder = ShardBuilder(loaded, generator, auditor, reporter)

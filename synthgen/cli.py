@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from synthgen import __version__
@@ -54,7 +55,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except SynthgenError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/] finished shards are kept; run the same command to resume")
@@ -70,8 +71,9 @@ class RichReporter:
         self._progress = progress
         self._tasks: dict[str, Any] = {}
 
-    def log(self, message: str) -> None:
-        self._progress.console.print(message, highlight=False)
+    def log(self, message: str, warning: bool = False) -> None:
+        style = "yellow" if warning else None
+        self._progress.console.print(message, style=style, markup=False, highlight=False)
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
         if stage not in self._tasks:
@@ -117,8 +119,8 @@ def validate(recipe: RecipeArg, out_dir: OutOption = None) -> None:
     from synthgen.validate import validate_recipe
 
     for line in validate_recipe(_load(recipe), out_dir):
-        out.print(f"  {line}", highlight=False)
-    out.print(f"[green]ok[/]: {recipe} is valid")
+        out.print(f"  {line}", markup=False, highlight=False)
+    out.print(f"[green]ok[/]: {escape(str(recipe))} is valid")
 
 
 @app.command()
@@ -143,7 +145,8 @@ def build(
     from rich.table import Table
 
     out.print(
-        f"[bold]{loaded.recipe.name}[/]: {sum(result.class_counts.values())} images in {result.out_dir.resolve()}"
+        f"[bold]{loaded.recipe.name}[/]: {sum(result.class_counts.values())} images in "
+        f"{escape(str(result.out_dir.resolve()))}"
     )
     table = Table()
     for column in ("class", "images", "planned"):
@@ -158,6 +161,7 @@ def build(
             f"audit: {s['n_flagged']} of {s['n_candidates']} generated images at or above "
             f"{s['embedder']} similarity {s['threshold']} ({s['n_dropped']} dropped); report: "
             f"{(result.out_dir / 'audit' / 'report.html').resolve()}",
+            markup=False,
             highlight=False,
         )
     out.print(f"shards written {result.shards_written}, resumed {result.shards_resumed}")
@@ -167,7 +171,11 @@ def build(
 
 @app.command()
 @user_errors
-def train(recipe: RecipeArg, out_dir: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")]):
+def train(
+    recipe: RecipeArg,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing pipeline folder at --out.")] = False,
+) -> None:
     """Train the recipe's MSDM (model.train) and save it as a diffusers pipeline folder."""
     from synthgen.sources import open_source
     from synthgen.train import train_msdm
@@ -176,10 +184,15 @@ def train(recipe: RecipeArg, out_dir: Annotated[Path, typer.Option("--out", "-o"
     config = loaded.recipe.model.train
     if config is None:
         raise SynthgenError(f"{recipe}: model.train: this recipe uses a pretrained model; nothing to train")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not (out_dir / "model_index.json").is_file():
+            raise SynthgenError(f"--out: {out_dir} exists and is not a pipeline folder; choose a new or empty folder")
+        if not overwrite:
+            raise SynthgenError(f"--out: {out_dir} already holds a pipeline; pass --overwrite to replace it")
     source = open_source(config.data, loaded.base_dir)
     with _progress_bars() as bars:
         train_msdm(config, source, out_dir, RichReporter(bars).progress)
-    out.print(f"[green]saved[/] {out_dir} (load it with diffusers.DiffusionPipeline.from_pretrained)")
+    out.print(f"[green]saved[/] {escape(str(out_dir))} (load it with diffusers.DiffusionPipeline.from_pretrained)")
 
 
 @app.command()
@@ -219,10 +232,10 @@ def audit(
     for side in ("train", "candidates"):
         items = skipped.get(side, {}).get("items", []) if isinstance(skipped, dict) else []
         if items:
-            console.print(f"[yellow]skipped {len(items)} unreadable {side} image(s):[/]")
+            console.print(f"[yellow]skipped {len(items)} unreadable image(s) in --{side}:[/]")
             for item in items[:20]:
-                console.print(f"  {item['key']}: {item['reason']}", highlight=False)
-    out.print(f"report: {out_dir / 'report.html'}")
+                console.print(f"  {item['key']}: {item['reason']}", markup=False, highlight=False)
+    out.print(f"report: {out_dir / 'report.html'}", markup=False)
 
 
 @app.command()

@@ -78,6 +78,14 @@ class LoadedModel:
         return 512
 
 
+def _dtype_kwarg(dtype) -> dict[str, Any]:
+    """diffusers renamed `torch_dtype` to `dtype` (2026, PR 14205); pass whichever this version understands."""
+    from diffusers.utils import deprecation_utils
+
+    renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype" if renamed else "torch_dtype": dtype}
+
+
 def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedModel:
     """Load a diffusers pipeline folder with every component in eval mode on `device`."""
     from diffusers import DiffusionPipeline
@@ -87,7 +95,7 @@ def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedMo
     quiet_libraries()
     dtype = pick_dtype(device)
     try:
-        pipeline = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        pipeline = DiffusionPipeline.from_pretrained(path, **_dtype_kwarg(dtype), local_files_only=True)
     except (OSError, ValueError, ImportError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SynthgenError(f"model {model_id}: cannot load diffusers pipeline from {path}: {first}") from None

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,7 +29,18 @@ from synthgen.errors import SynthgenError
 from synthgen.sources.spec import SourceSpec
 
 CLASS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_CLASS_COUNT = 1_000_000  # keeps sample keys `<class>-<6 digits>` unique and the plan small enough to hold
 Scheduler = Literal["ddim", "dpm-solver++", "euler", "ddpm"]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class FieldError(ValueError):
+    """A validator's error about a field below the validated one (`path` is appended to pydantic's location)."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class _Strict(BaseModel):
@@ -39,7 +52,7 @@ class TrainingConfig(_Strict):
 
     data: SourceSpec = Field(description="Training images with captions (`text`) and labels.")
     preset: Literal["tiny"] = Field("tiny", description="Model size preset.")
-    resolution: PositiveInt = Field(64, description="Training and generation side in pixels.")
+    resolution: PositiveInt = Field(64, multiple_of=16, description="Training and generation side in pixels.")
     vae_steps: NonNegativeInt = Field(600, description="Optimizer steps for the VAE.")
     unet_steps: PositiveInt = Field(1500, description="Optimizer steps for the UNet and text encoder.")
     batch_size: PositiveInt = Field(16)
@@ -47,25 +60,21 @@ class TrainingConfig(_Strict):
     prompt_dropout: float = Field(0.1, ge=0, lt=1, description="Share of captions replaced by '' (for CFG).")
     seed: int = Field(0)
 
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value % 16:
-            raise ValueError("must be a multiple of 16")
-        return value
-
 
 class ModelConfig(_Strict):
     """Either a pretrained diffusers pipeline (`pretrained`) or a model trained by synthgen (`train`)."""
 
-    pretrained: str | None = Field(None, description="Local diffusers pipeline folder or Hugging Face hub id.")
-    revision: str | None = Field(None, description="Hub revision (with a hub id).")
+    pretrained: str | None = Field(
+        None, min_length=1, description="Local diffusers pipeline folder or Hugging Face hub id."
+    )
+    revision: str | None = Field(None, min_length=1, description="Hub revision (with a hub id).")
     train: TrainingConfig | None = Field(None, description="Train an MSDM on this data instead.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelConfig:
         if (self.pretrained is None) == (self.train is None):
-            raise ValueError("give exactly one of `pretrained` or `train`")
+            which = "neither is set" if self.pretrained is None else "both are set"
+            raise ValueError(f"give exactly one of `pretrained` or `train` ({which})")
         return self
 
 
@@ -79,8 +88,8 @@ class PromptTemplate(_Strict):
 class ClassConfig(_Strict):
     """How many images of one class and which prompts make them."""
 
-    count: PositiveInt = Field(description="Number of images of this class in the output.")
-    prompts: list[str | PromptTemplate] = Field(min_length=1, description="Prompt templates.")
+    count: PositiveInt = Field(le=MAX_CLASS_COUNT, description="Number of images of this class in the output.")
+    prompts: list[NonEmptyStr | PromptTemplate] = Field(min_length=1, description="Prompt templates.")
     variables: dict[str, list[str]] = Field(
         default_factory=dict, description="Values for `{name}` slots; all combinations are used."
     )
@@ -90,17 +99,32 @@ class ClassConfig(_Strict):
     def _non_empty_values(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for name, options in value.items():
             if not options:
-                raise ValueError(f"variable '{name}' has no values")
+                raise FieldError((name,), f"variable '{name}' has no values")
         return value
 
     @model_validator(mode="after")
     def _slots_defined(self) -> ClassConfig:
-        import string
-
-        for template in self.templates():
-            for _, slot, _, _ in string.Formatter().parse(template.template):
-                if slot is not None and slot not in self.variables:
-                    raise ValueError(f"prompt '{template.template}' uses {{{slot}}} but `variables` has no '{slot}'")
+        for index, template in enumerate(self.templates()):
+            text = template.template
+            try:
+                slots = [slot for _, slot, _, _ in string.Formatter().parse(text) if slot is not None]
+            except ValueError as error:
+                reason = f"prompt '{text}' is not a valid template ({error}); write {{{{ and }}}} for a brace"
+                raise FieldError(("prompts", index), reason) from None
+            for slot in slots:
+                if not slot.isidentifier():
+                    raise FieldError(
+                        ("prompts", index),
+                        f"prompt '{text}' has slot {{{slot}}}; a slot is a variable name (letters, digits, '_')",
+                    )
+                if slot not in self.variables:
+                    raise FieldError(
+                        ("prompts", index), f"prompt '{text}' uses {{{slot}}} but `variables` has no '{slot}'"
+                    )
+            try:  # format specs and conversions ({size:d}, {size!z}) fail only when filled in
+                text.format(**{name: values[0] for name, values in self.variables.items()})
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+                raise FieldError(("prompts", index), f"prompt '{text}' cannot be filled in: {error}") from None
         return self
 
     def templates(self) -> list[PromptTemplate]:
@@ -113,7 +137,9 @@ class SamplingConfig(_Strict):
     scheduler: Scheduler = "ddim"
     steps: PositiveInt = Field(30, le=1000)
     guidance_scale: float = Field(3.5, ge=0)
-    resolution: PositiveInt | None = Field(None, description="Output side in pixels; default: the model's.")
+    resolution: Annotated[int, Field(gt=0, multiple_of=8)] | None = Field(
+        None, description="Output side in pixels, a multiple of 8; default: the model's."
+    )
     batch_size: PositiveInt = 8
     seed: int = Field(0, description="Base seed; every sample's own seed derives from it.")
     negative_prompt: str = ""
@@ -132,7 +158,7 @@ class AuditConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dir: str = Field("out", description="Output folder; relative to the recipe file.")
+    dir: str = Field("out", min_length=1, description="Output folder; relative to the recipe file.")
     formats: list[Literal["parquet", "webdataset"]] = Field(["parquet", "webdataset"], min_length=1)
     shard_size: PositiveInt = Field(1000, description="Samples per shard (the unit of work and resumption).")
     image_format: Literal["png", "jpeg"] = "png"
@@ -140,11 +166,15 @@ class OutputConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, pattern=NAME_PATTERN, description="Dataset name (letters, digits, _ . -).")
     description: str = ""
     domain: str = Field("", description="Free text, e.g. colonoscopy or radiology; goes to the dataset card.")
     model: ModelConfig
-    classes: dict[str, ClassConfig] = Field(min_length=1)
+    classes: dict[str, ClassConfig] = Field(
+        min_length=1,
+        description="Class name -> what to generate for it.",
+        json_schema_extra={"propertyNames": {"pattern": CLASS_NAME_PATTERN}},
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -152,17 +182,22 @@ class Recipe(_Strict):
     @field_validator("classes")
     @classmethod
     def _class_names(cls, value: dict[str, ClassConfig]) -> dict[str, ClassConfig]:
-        import re
-
         for name in value:
             if not re.match(CLASS_NAME_PATTERN, str(name)):
-                raise ValueError(f"class name '{name}' must be letters, digits, '_' or '-'")
+                raise FieldError(
+                    (name,),
+                    f"class name '{name}' must start with a letter or digit and hold only letters, digits, '_' or '-'",
+                )
         return value
 
     @model_validator(mode="after")
     def _audit_has_data(self) -> Recipe:
         if self.audit.enabled and self.audit.data is None and self.model.train is None:
-            raise ValueError("audit.data is required when the model is pretrained (nothing to audit against)")
+            raise FieldError(
+                ("audit", "data"),
+                "required when model.pretrained is used (nothing else to audit against); "
+                "add an audit.data source or set audit.enabled: false",
+            )
         return self
 
     def audit_data(self) -> SourceSpec | None:
@@ -193,34 +228,130 @@ class LoadedRecipe(BaseModel):
         return Path(override) if override is not None else self.resolve(self.recipe.output.dir)
 
 
+_UNION_BRANCHES = ("str", "constrained-str", "PromptTemplate")
+_TYPE_MISMATCH = frozenset(
+    {"string_type", "model_type", "model_attributes_type", "dict_type", "list_type", "int_type", "float_type"}
+)
+MAX_RECIPE_BYTES = 10 * 2**20
+
+
+def _is_branch(item: Any) -> bool:
+    return isinstance(item, str) and (item in _UNION_BRANCHES or item.startswith("function-"))
+
+
 def _format_location(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
+    for position, item in enumerate(loc):
+        is_key = position + 1 < len(loc) and loc[position + 1] == "[key]"
+        if _is_branch(item) or item == "[key]":
+            continue  # union branch names and pydantic's key marker are noise for users
+        if isinstance(item, int) and not isinstance(item, bool) and not is_key:
             parts.append(f"[{item}]")
-        elif item in ("str", "PromptTemplate") or str(item).startswith("function-"):
-            continue  # union branch names are noise for users
         else:
             parts.append(f".{item}" if parts else str(item))
     return "".join(parts) or "(top level)"
 
 
+def _user_problems(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the union branches a value plainly was not meant for (a dict is not a `str` prompt, ...).
+
+    For a value that fits no branch, keep only the first branch's complaint, so each value counts once.
+    """
+    branch_groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    kept: list[dict[str, Any]] = []
+    for problem in problems:
+        loc = tuple(problem["loc"])
+        cut = next((i for i, item in enumerate(loc) if _is_branch(item)), None)
+        if cut is None:
+            kept.append(problem)
+        else:
+            group = branch_groups.setdefault(loc[:cut], [])
+            if not group:
+                kept.append(problem)  # placeholder: the group's chosen problem goes here
+            group.append(problem)
+    for group in branch_groups.values():
+        real = [p for p in group if p["type"] not in _TYPE_MISMATCH] or group[:1]
+        at = next(i for i, p in enumerate(kept) if p is group[0])
+        kept[at : at + 1] = real
+    return kept
+
+
+def _describe(value: Any) -> str:
+    """A value as the user wrote it in YAML, short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
 def format_validation_error(error: ValidationError, source: str) -> str:
     """First problem of a pydantic error as `file: field.path: reason` (plus a count of the others)."""
-    problems = error.errors()
+    problems = _user_problems(error.errors())
     first = problems[0]
+    loc = tuple(first["loc"])
     reason = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    value = _describe(first.get("input"))
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        loc += cause.path
+        reason = str(cause)
+    elif first["type"] == "extra_forbidden":
         reason = "unknown key (not allowed here)"
     elif first["type"] == "missing":
         reason = "required field is missing"
+    elif "[key]" in loc:  # a mapping key YAML read as a number, true/false (yes/no, on/off) or null (~)
+        at = loc.index("[key]") - 1
+        loc = (*loc[:at], _describe(first.get("input")).strip("'"), *loc[at + 1 :])
+        reason = f"the name {value} is not text to YAML; put it in quotes"
+    elif first["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        reason = f"must be a mapping of keys (key: value), got {value}"
+    elif first["type"] == "string_pattern_mismatch" and (first.get("ctx") or {}).get("pattern") == NAME_PATTERN:
+        reason = f"must start with a letter or digit and hold only letters, digits, '_', '.' or '-' (got {value})"
+    elif first["type"] != "value_error" and not isinstance(first.get("input"), (dict, list, tuple)):
+        reason += f" (got {value})"
+        if first["type"] == "string_type" and isinstance(first.get("input"), (int, float)):
+            reason += "; put it in quotes"  # YAML reads 40, 1.5 and yes/no as numbers and booleans
     more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
-    return f"{source}: {_format_location(first['loc'])}: {reason}{more}"
+    return f"{source}: {_format_location(loc)}: {reason}{more}"
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` keys may be overridden by the explicit keys beside them
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} in one mapping", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
-        kind = "empty" if data is None else f"a {type(data).__name__}"
+        if data is None:
+            kind = "empty"
+        else:
+            kind = "a list" if isinstance(data, list) else f"the single value {_describe(data)}"
         raise SynthgenError(f"{source}: a recipe must be a YAML mapping of keys, but this file is {kind}")
     try:
         return Recipe.model_validate(data)
@@ -233,9 +364,14 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     path = Path(path)
     if not path.exists():
         raise SynthgenError(f"{path}: recipe file not found")
-    if not path.is_file():
+    if path.is_dir():
         raise SynthgenError(f"{path}: recipe must be a file, not a folder")
+    if not path.is_file():
+        raise SynthgenError(f"{path}: recipe must be a regular file")
     try:
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise SynthgenError(f"{path}: recipe is {size / 2**20:.0f} MiB; a recipe is a small YAML text file")
         raw = path.read_bytes()
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -243,12 +379,14 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
     except OSError as error:
         raise SynthgenError(f"{path}: cannot read recipe ({error.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
+        problem = getattr(error, "problem", None) or str(error) or "invalid YAML"
         raise SynthgenError(f"{path}: not valid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as error:  # e.g. a date like 2024-13-45
+        raise SynthgenError(f"{path}: not valid YAML: {type(error).__name__}: {error}") from None
     recipe = parse_recipe(data, str(path))
     return LoadedRecipe(recipe=recipe, path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())
 
@@ -256,9 +394,25 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of recipes, for editors (yaml-language-server) and docs."""
     schema = Recipe.model_json_schema()
+    if _accepts_source_shorthand():  # `data: demo` / `data: path/to/images` (SourceSpec's before-validator)
+        spec = schema["$defs"]["SourceSpec"]
+        shorthand = {"type": "string", "description": "A path (type detected) or `demo` for the built-in phantoms."}
+        schema["$defs"]["SourceSpec"] = {
+            "title": spec.pop("title", "SourceSpec"),
+            "description": spec.get("description", ""),
+            "anyOf": [spec, shorthand],
+        }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "synthgen recipe"
     return schema
+
+
+def _accepts_source_shorthand() -> bool:
+    try:
+        SourceSpec.model_validate("demo")
+    except ValidationError:
+        return False
+    return True
 
 
 def canonical_json(recipe: Recipe) -> str:

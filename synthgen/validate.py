@@ -33,7 +33,17 @@ def check_output_dir(out_dir: Path, loaded: LoadedRecipe, overwrite: bool = Fals
 
 
 def validate_recipe(loaded: LoadedRecipe, out_dir: str | Path | None = None, overwrite: bool = False) -> list[str]:
-    """Raise `SynthgenError` at the first problem; otherwise return lines describing what a build would do."""
+    """Raise `SynthgenError` at the first problem; otherwise return lines describing what a build would do.
+
+    Its message is `recipe-file: field.path: reason`, like the schema errors of `load_recipe`.
+    """
+    try:
+        return _validate(loaded, out_dir, overwrite)
+    except SynthgenError as error:
+        raise SynthgenError(f"{loaded.path}: {error}") from None
+
+
+def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool) -> list[str]:
     from synthgen.generate import pick_device
     from synthgen.models.resolve import check_model
     from synthgen.plan import make_plan
@@ -68,5 +78,10 @@ def validate_recipe(loaded: LoadedRecipe, out_dir: str | Path | None = None, ove
     else:
         lines.append("audit: disabled")
     lines.append(f"device: {pick_device(recipe.sampling.device)}")
-    lines.append(f"output: {check_output_dir(loaded.output_dir(out_dir), loaded, overwrite)}")
+    try:
+        lines.append(f"output: {check_output_dir(loaded.output_dir(out_dir), loaded, overwrite)}")
+    except SynthgenError as error:
+        if out_dir is None:
+            raise
+        raise SynthgenError(str(error).replace("output.dir:", "--out:", 1)) from None  # name what the user set
     return lines

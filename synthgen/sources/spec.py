@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 SourceType = Literal["imagefolder", "parquet", "webdataset", "synthgen", "demo"]
 
@@ -26,3 +26,11 @@ class SourceSpec(BaseModel):
     per_class: PositiveInt = Field(48, description="demo: phantoms per class.")
     resolution: PositiveInt = Field(64, description="demo: phantom side in pixels.")
     seed: int = Field(0, description="demo: random seed of the phantoms.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """A bare string is a path (type detected), and the word `demo` is the built-in phantoms."""
+        if isinstance(value, str):
+            return {"type": "demo"} if value == "demo" else {"path": value}
+        return value

@@ -1,0 +1,202 @@
+"""End-to-end: a tiny demo recipe through train → generate → audit → shards, via the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from synthgen.build import build
+from synthgen.errors import SynthgenError
+from synthgen.provenance import sha256_file
+from synthgen.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "train": {
+            "data": {"type": "demo", "per_class": 4, "resolution": 32},
+            "resolution": 32,
+            "vae_steps": 4,
+            "unet_steps": 4,
+            "batch_size": 4,
+        }
+    },
+    "classes": {
+        "polyp": {
+            "count": 3,
+            "prompts": ["colonoscopy phantom showing a {size} polyp"],
+            "variables": {"size": ["small", "large"]},
+        },
+        "ulcer": {"count": 3, "prompts": ["colonoscopy phantom showing a small ulcer"]},
+        "normal": {"count": 2, "prompts": ["colonoscopy phantom showing normal mucosa"]},
+    },
+    "sampling": {"steps": 3, "batch_size": 4, "seed": 7},
+    "audit": {"threshold": 0.99},
+    "output": {"dir": "out", "shard_size": 4},
+}
+
+
+def write_recipe(folder: Path, **overrides) -> Path:
+    recipe = json.loads(json.dumps(TINY))
+    for dotted, value in overrides.items():
+        target = recipe
+        *parents, last = dotted.split(".")
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(model_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+    """One tiny build shared by the read-only tests below."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SYNTHGEN_CACHE", str(model_cache))
+    try:
+        recipe = write_recipe(tmp_path_factory.mktemp("built"))
+        result = build(load_recipe(recipe))
+    finally:
+        mp.undo()
+    assert result.shards_written == 2 and result.shards_resumed == 0
+    return result.out_dir
+
+
+def test_build_writes_balanced_shards_with_provenance(built: Path) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["class_counts"] == {"normal": 2, "polyp": 3, "ulcer": 3}
+    assert manifest["shortfall"] == {}
+    for shard in manifest["shards"]:
+        assert sha256_file(built / shard["path"]) == shard["sha256"]
+    table = pq.read_table(sorted((built / "data").glob("*.parquet"))).to_pylist()
+    assert len(table) == 8
+    assert len({row["seed"] for row in table}) == 8
+    assert len({row["key"] for row in table}) == 8
+    recipe_sha = sha256_file(built / "recipe.yaml")
+    for row in table:
+        assert row["recipe_sha256"] == recipe_sha
+        assert re.fullmatch(r"[0-9a-f]{64}", row["model_sha256"])
+        assert row["audit_similarity"] is not None and row["audit_flagged"] is False
+        assert row["dp_epsilon"] is None
+        assert row["prompt"].startswith("colonoscopy phantom showing")
+        assert row["image"]["bytes"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert (built / "audit" / "report.html").is_file()
+    summary = json.loads((built / "audit" / "summary.json").read_text())
+    assert summary["n_candidates"] == 8
+    card = (built / "README.md").read_text()
+    assert card.startswith("---\n") and "synthetic" in card
+
+
+def test_shards_open_with_webdataset_and_datasets(built: Path) -> None:
+    import datasets
+    import webdataset as wds
+
+    tars = sorted(str(p) for p in (built / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil"))
+    assert len(samples) == 8 and all(s["png"].size == (32, 32) for s in samples)
+    ds = datasets.load_dataset("parquet", data_files=str(built / "data" / "*.parquet"), split="train")
+    assert ds[0]["image"].size == (32, 32)
+    assert sorted(s["__key__"] for s in samples) == sorted(ds["key"])
+
+
+def test_same_recipe_and_seed_give_same_images(built: Path, tmp_path: Path) -> None:
+    again = build(load_recipe(write_recipe(tmp_path)))
+    first = {r["key"]: r["image"]["bytes"] for r in pq.read_table(built / "data").to_pylist()}
+    second = {r["key"]: r["image"]["bytes"] for r in pq.read_table(again.out_dir / "data").to_pylist()}
+    assert first == second
+
+
+def test_interrupted_build_resumes_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from synthgen import shards
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    original = shards.ShardSet.write_shard
+
+    def crash_on_second(self, index, samples):
+        if index == 1:
+            raise KeyboardInterrupt
+        return original(self, index, samples)
+
+    monkeypatch.setattr(shards.ShardSet, "write_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        build(recipe)
+    first_shard = tmp_path / "out" / "data" / "shard-00000.parquet"
+    stamp = first_shard.stat().st_mtime_ns
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    monkeypatch.setattr(shards.ShardSet, "write_shard", original)
+    result = build(recipe)
+    assert (result.shards_written, result.shards_resumed) == (1, 1)
+    assert first_shard.stat().st_mtime_ns == stamp
+    keys = pq.read_table(tmp_path / "out" / "data", columns=["key"]).column("key").to_pylist()
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == 8
+    assert json.loads((tmp_path / "out" / "audit" / "summary.json").read_text())["n_candidates"] == 8
+
+
+def test_drop_replaces_copies_and_reports_shortfall(tmp_path: Path) -> None:
+    # threshold -1: every sample counts as a copy, so every slot is retried and finally left out.
+    recipe = write_recipe(tmp_path, **{"audit.threshold": -0.99, "audit.action": "drop", "audit.max_retries": 1})
+    result = build(load_recipe(recipe))
+    assert result.shortfall == {"polyp": 3, "ulcer": 3, "normal": 2}
+    rows = pq.read_table(result.out_dir / "audit" / "audit.parquet").to_pylist()
+    assert len(rows) == 16 and all(r["dropped"] for r in rows)
+    assert sorted({r["attempt"] for r in rows}) == [0, 1]
+
+
+def test_other_recipe_in_same_folder_is_refused(built: Path, tmp_path: Path) -> None:
+    other = load_recipe(write_recipe(tmp_path, **{"sampling.seed": 99}))
+    with pytest.raises(SynthgenError, match="different recipe"):
+        build(other, built)
+
+
+def test_trained_model_loads_without_synthgen_and_as_pretrained(built: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    model_dir = Path(json.loads((built / "manifest.json").read_text())["model"]["id"].split("/")[-1])
+    cache = Path(__import__("os").environ["SYNTHGEN_CACHE"]) / "models" / model_dir
+    pipe = DiffusionPipeline.from_pretrained(cache)
+    image = pipe(
+        "colonoscopy phantom showing a small polyp", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    assert image.size == (32, 32)
+    recipe = write_recipe(tmp_path, model={"pretrained": str(cache)}, audit={"data": "demo", "threshold": 0.99})
+    result = build(load_recipe(recipe))
+    assert result.model_id == str(cache)
+    assert sum(result.class_counts.values()) == 8
+
+
+def test_cli_build_and_inspect(tmp_path: Path) -> None:
+    from synthgen.cli import app
+
+    recipe = write_recipe(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["build", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "shards written 2" in result.output
+    assert runner.invoke(app, ["inspect", str(tmp_path / "out")]).exit_code == 0
+    tar = next((tmp_path / "out" / "webdataset").glob("*.tar"))
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF  # one flipped byte inside the first member
+    tar.write_bytes(bytes(data))
+    assert runner.invoke(app, ["inspect", str(tmp_path / "out")]).exit_code == 1
