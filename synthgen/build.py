@@ -16,10 +16,10 @@ from typing import Any
 
 from synthgen import __version__
 from synthgen.atomic import write_json, write_text
-from synthgen.errors import SynthgenError
 from synthgen.plan import Job, Plan, Shard, make_plan
 from synthgen.recipe import LoadedRecipe
 from synthgen.sample import Sample
+from synthgen.validate import check_output_dir
 
 STATE_DIR = ".synthgen"
 OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml")
@@ -48,25 +48,18 @@ class BuildResult:
 
 
 def prepare_output(out_dir: Path, loaded: LoadedRecipe, overwrite: bool) -> None:
-    """Refuse to mix two recipes in one folder or to write into a folder that is not ours."""
+    """Claim the output folder for this recipe (`check_output_dir` decides whether that is allowed)."""
+    check_output_dir(out_dir, loaded, overwrite)
     state_file = out_dir / STATE_DIR / "build.json"
-    if state_file.is_file():
-        previous = json.loads(state_file.read_text())
-        if previous.get("recipe_sha256") == loaded.sha256:
-            return
-        if not overwrite:
-            raise SynthgenError(
-                f"{out_dir}: holds a build of a different recipe (or an edited one); "
-                "pass --overwrite to replace it or choose another --out"
-            )
+    if state_file.is_file() and json.loads(state_file.read_text()).get("recipe_sha256") == loaded.sha256:
+        return
+    if state_file.is_file():  # another recipe's build, and --overwrite was given
         for name in OWNED:
             target = out_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise SynthgenError(f"{out_dir}: folder exists and is not a synthgen output; choose an empty or new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(state_file, {"recipe_sha256": loaded.sha256, "recipe_name": loaded.recipe.name})
 

@@ -12,7 +12,9 @@ from PIL import Image
 class Sample:
     """One image and what is known about it.
 
-    `key` is unique within a dataset and safe as a file stem (no dots or slashes).
+    `key` is unique within its source. Keys of synthetic samples are safe as file stems (letters, digits,
+    `_`, `-`), as shard writers require; keys read from a source keep its naming (an imagefolder's
+    `file_name`, with slashes and dots), so audit reports point at the real file.
     `metadata` holds provenance and audit verdicts as flat JSON-able values.
     """
 

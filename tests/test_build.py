@@ -200,3 +200,22 @@ def test_cli_build_and_inspect(tmp_path: Path) -> None:
     data[600] ^= 0xFF  # one flipped byte inside the first member
     tar.write_bytes(bytes(data))
     assert runner.invoke(app, ["inspect", str(tmp_path / "out")]).exit_code == 1
+
+
+def test_cli_train_writes_a_pipeline_and_guards_its_folder(tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    from synthgen.cli import app
+
+    recipe = write_recipe(tmp_path / "r")
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "model")]).exit_code == 0
+    info = json.loads((tmp_path / "model" / "synthgen_model.json").read_text())
+    assert info["training_data"]["images"] == 12 and info["dp"] is None
+    assert type(DiffusionPipeline.from_pretrained(tmp_path / "model")).__name__ == "StableDiffusionPipeline"
+    again = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "model")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    refused = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "notes")])
+    assert refused.exit_code == 2 and (tmp_path / "notes" / "keep.txt").read_text() == "mine"
