@@ -55,7 +55,7 @@ def test_demo_recipe_parses():
     assert recipe.model.pretrained is None and recipe.model.train is not None
     assert recipe.model.train.data.type == "demo"
     assert recipe.model.train.data.per_class == 48
-    assert (recipe.model.train.vae_steps, recipe.model.train.unet_steps) == (300, 700)
+    assert recipe.model.train.resolution == 64 and recipe.model.train.preset == "tiny"
     assert recipe.classes["polyp"].variables["size"] == ["small", "large"]
     assert (recipe.sampling.steps, recipe.sampling.batch_size) == (25, 16)
     assert (recipe.audit.threshold, recipe.audit.action, recipe.audit.max_retries) == (0.99, "drop", 2)
@@ -306,3 +306,10 @@ def test_loaded_recipe_is_a_model():
     loaded = load_recipe(DEMO)
     assert isinstance(loaded, LoadedRecipe)
     assert loaded.base_dir == DEMO.parent.resolve()
+
+
+def test_docs_demo_example_is_the_shipped_demo():
+    """The demo shown in docs/recipes.md must not drift from recipes/demo.yaml."""
+    shipped = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
+    shown = next(example for example in doc_recipes() if example["name"] == "demo")
+    assert Recipe.model_validate(shown) == Recipe.model_validate(shipped)
