@@ -175,13 +175,13 @@ def build(
         state_file = audit_state_dir / f"shard-{shard.index:05d}.json"
         if shard_set.is_complete(shard.index) and (auditor is None or state_file.is_file()):
             resumed += 1
-            continue
-        samples, log = builder.run(shard)
-        shard_set.write_shard(shard.index, samples)
-        if log is not None:
-            write_json(state_file, log.state())
-        written += 1
-        reporter.log(f"shard {shard.index}: {len(samples)} samples")
+        else:
+            samples, log = builder.run(shard)
+            shard_set.write_shard(shard.index, samples)
+            if log is not None:
+                write_json(state_file, log.state())
+            written += 1
+        reporter.progress("shards", written + resumed, len(plan.shards))
 
     records = load_completed(out)
     class_counts: dict[str, int] = {}

@@ -240,3 +240,23 @@ def test_images_do_not_depend_on_batch_size(built: Path, scheduler: str) -> None
     for one, three in zip(images[1], images[3], strict=True):
         assert np.abs(one - three).max() <= 2  # float reassociation across batch sizes, not different noise
     assert np.abs(images[1][0] - images[1][1]).mean() > 1  # different seeds, different images
+
+
+@pytest.mark.real_data
+def test_build_on_real_radiology_keeps_training_names_out_of_shards(real_data_dir: Path, tmp_path: Path) -> None:
+    real = str(real_data_dir / "radiology-real")
+    recipe = write_recipe(
+        tmp_path,
+        **{
+            "model.train.data": {"path": real, "limit": 24},
+            "classes": {"covid19": {"count": 4, "prompts": ["chest X-ray PA view, finding: covid19"]}},
+        },
+    )
+    result = build(load_recipe(recipe))
+    assert result.class_counts == {"covid19": 4}
+    audit_rows = pq.read_table(result.out_dir / "audit" / "audit.parquet").to_pylist()
+    assert all(row["nearest_train_key"].startswith("images/") for row in audit_rows)
+    # The shipped shards carry hashes and settings, never training file names.
+    for path in [*(result.out_dir / "data").glob("*.parquet"), *(result.out_dir / "webdataset").glob("*.tar")]:
+        assert b"images/" not in path.read_bytes()
+    assert b"images/" not in (result.out_dir / "manifest.json").read_bytes()
