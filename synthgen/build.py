@@ -16,6 +16,7 @@ from typing import Any
 
 from synthgen import __version__
 from synthgen.atomic import write_json, write_text
+from synthgen.errors import SynthgenError
 from synthgen.plan import Job, Plan, Shard, make_plan
 from synthgen.recipe import LoadedRecipe
 from synthgen.sample import Sample
@@ -62,6 +63,23 @@ def prepare_output(out_dir: Path, loaded: LoadedRecipe, overwrite: bool) -> None
                 target.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(state_file, {"recipe_sha256": loaded.sha256, "recipe_name": loaded.recipe.name})
+
+
+def lock_output(out_dir: Path):
+    """Hold an exclusive lock on the output folder for this process, so two builds never interleave shards."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks; builds there are not guarded
+        return None
+    handle = open(out_dir / STATE_DIR / "lock", "w")  # noqa: SIM115 - held open until the process ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SynthgenError(
+            f"{out_dir}: another synthgen build is writing here; wait for it or use another --out"
+        ) from None
+    return handle
 
 
 class ShardBuilder:
@@ -146,6 +164,7 @@ def build(
     plan = make_plan(recipe)
     device = pick_device(recipe.sampling.device)
     prepare_output(out, loaded, overwrite)
+    lock = lock_output(out)  # released when `build` returns (or the process dies)
     shutil.copyfile(loaded.path, out / "recipe.yaml")
 
     resolved = resolve_model(loaded, reporter.progress)
@@ -242,6 +261,8 @@ def build(
         dp=dp,
     )
     write_text(out / STATE_DIR / "done", "complete\n")
+    if lock is not None:
+        lock.close()
     return BuildResult(out, plan, class_counts, written, resumed, model.model_id, audit_summary, shortfall)
 
 

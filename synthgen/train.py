@@ -63,7 +63,7 @@ def load_training_data(source: Source, resolution: int) -> TrainingData:
     return TrainingData(np.stack(arrays), captions, labels, len(source.skipped))
 
 
-def _train_vae(vae, data: TrainingData, config: TrainingConfig, progress: Progress | None):
+def _train_vae(vae, data: TrainingData, config: TrainingConfig, progress: Progress | None, device):
     import torch
 
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate)
@@ -71,8 +71,8 @@ def _train_vae(vae, data: TrainingData, config: TrainingConfig, progress: Progre
     images = torch.from_numpy(data.images)
     vae.train()
     for step in range(config.vae_steps):
-        batch = images[generator.integers(0, len(images), config.batch_size)]
-        batch = torch.where(torch.rand(len(batch), 1, 1, 1) < 0.5, batch, batch.flip(-1))
+        batch = images[generator.integers(0, len(images), config.batch_size)].to(device)
+        batch = torch.where(torch.rand(len(batch), 1, 1, 1, device=device) < 0.5, batch, batch.flip(-1))
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = torch.nn.functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
@@ -91,13 +91,13 @@ class _Latents:
     std: object
 
 
-def _encode(vae, data: TrainingData) -> _Latents:
+def _encode(vae, data: TrainingData, device) -> _Latents:
     import torch
 
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, len(data.images), 64):
-            batch = torch.from_numpy(data.images[start : start + 64])
+            batch = torch.from_numpy(data.images[start : start + 64]).to(device)
             for flipped in (batch, batch.flip(-1)):
                 dist = vae.encode(flipped).latent_dist
                 means.append(dist.mean)
@@ -105,7 +105,7 @@ def _encode(vae, data: TrainingData) -> _Latents:
     return _Latents(torch.cat(means), torch.cat(stds))
 
 
-def _train_unet(unet, text_encoder, tokenizer, latents: _Latents, captions: list[str], config, progress):
+def _train_unet(unet, text_encoder, tokenizer, latents: _Latents, captions: list[str], config, progress, device):
     import torch
 
     from synthgen.models.msdm import training_scheduler
@@ -118,8 +118,9 @@ def _train_unet(unet, text_encoder, tokenizer, latents: _Latents, captions: list
         paired += chunk + chunk
     tokens = tokenizer(
         paired, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids
-    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    ).input_ids.to(device)
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    empty = empty.input_ids.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=1e-2)
     warmup = max(1, config.unet_steps // 20)
@@ -129,13 +130,13 @@ def _train_unet(unet, text_encoder, tokenizer, latents: _Latents, captions: list
     text_encoder.train()
     losses = []
     for step in range(config.unet_steps):
-        index = torch.from_numpy(rng.integers(0, len(latents.mean), config.batch_size))
+        index = torch.from_numpy(rng.integers(0, len(latents.mean), config.batch_size)).to(device)
         x0 = latents.mean[index] + latents.std[index] * torch.randn_like(latents.mean[index])
         ids = tokens[index].clone()
-        dropped = torch.from_numpy(rng.random(len(ids)) < config.prompt_dropout)
+        dropped = torch.from_numpy(rng.random(len(ids)) < config.prompt_dropout).to(device)
         ids[dropped] = empty
         noise = torch.randn_like(x0)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),))
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), device=device)
         noisy = scheduler.add_noise(x0, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = torch.nn.functional.mse_loss(prediction, noise)
@@ -152,10 +153,13 @@ def _train_unet(unet, text_encoder, tokenizer, latents: _Latents, captions: list
     return float(np.mean(losses[-50:]))
 
 
-def train_msdm(config: TrainingConfig, source: Source, out_dir: Path, progress: Progress | None = None) -> Path:
-    """Train an MSDM on `source` and save it as a diffusers pipeline folder at `out_dir` (atomically)."""
+def train_msdm(
+    config: TrainingConfig, source: Source, out_dir: Path, progress: Progress | None = None, device: str = "auto"
+) -> Path:
+    """Train an MSDM on `source` (on the GPU when there is one) and save it as a pipeline folder, atomically."""
     import torch
 
+    from synthgen.generate import pick_device
     from synthgen.models import quiet_libraries
     from synthgen.models.msdm import (
         PRESETS,
@@ -167,21 +171,22 @@ def train_msdm(config: TrainingConfig, source: Source, out_dir: Path, progress: 
     )
 
     quiet_libraries()
+    target = pick_device(device)
     torch.manual_seed(config.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.time()
     preset = PRESETS[config.preset]
     data = load_training_data(source, config.resolution)
     tokenizer = train_tokenizer(data.captions, preset)
-    vae = build_vae(preset, config.resolution)
-    vae_loss = _train_vae(vae, data, config, progress)
-    latents = _encode(vae, data)
+    vae = build_vae(preset, config.resolution).to(target)
+    vae_loss = _train_vae(vae, data, config, progress, target)
+    latents = _encode(vae, data, target)
     vae.register_to_config(scaling_factor=float(1.0 / latents.mean.std()))
     scaled = _Latents(latents.mean * vae.config.scaling_factor, latents.std * vae.config.scaling_factor)
-    unet = build_unet(preset, config.resolution)
-    text_encoder = build_text_encoder(preset, len(tokenizer))
-    unet_loss = _train_unet(unet, text_encoder, tokenizer, scaled, data.captions, config, progress)
-    pipeline = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    unet = build_unet(preset, config.resolution).to(target)
+    text_encoder = build_text_encoder(preset, len(tokenizer)).to(target)
+    unet_loss = _train_unet(unet, text_encoder, tokenizer, scaled, data.captions, config, progress, target)
+    pipeline = assemble_pipeline(vae.cpu(), text_encoder.cpu(), tokenizer, unet.cpu())
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

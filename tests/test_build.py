@@ -260,3 +260,15 @@ def test_build_on_real_radiology_keeps_training_names_out_of_shards(real_data_di
     for path in [*(result.out_dir / "data").glob("*.parquet"), *(result.out_dir / "webdataset").glob("*.tar")]:
         assert b"images/" not in path.read_bytes()
     assert b"images/" not in (result.out_dir / "manifest.json").read_bytes()
+
+
+def test_second_build_into_a_locked_folder_is_refused(built: Path) -> None:
+    from synthgen.build import lock_output
+
+    held = lock_output(built)
+    try:
+        with pytest.raises(SynthgenError, match="another synthgen build"):
+            lock_output(built)
+    finally:
+        held.close()
+    lock_output(built).close()  # free again once the holder is gone

@@ -101,5 +101,5 @@ def resolve_model(loaded: LoadedRecipe, progress: Callable[[str, int, int], None
     model_id = f"synthgen/msdm-{config.preset}-{key}"
     if (path / "model_index.json").is_file():
         return ResolvedModel(path, model_id)
-    train_msdm(config, source, path, progress)
+    train_msdm(config, source, path, progress, device=loaded.recipe.sampling.device)
     return ResolvedModel(path, model_id, trained_now=True)
