@@ -7,6 +7,7 @@ the final report covers every shard even when the build was interrupted and resu
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
-from synthgen.atomic import write_json, write_text
+from synthgen.atomic import atomic_path, write_json, write_text
 from synthgen.errors import SynthgenError
 from synthgen.plan import Job, Plan, Shard, make_plan
 from synthgen.recipe import LoadedRecipe
@@ -85,7 +86,7 @@ def lock_output(out_dir: Path):
 class ShardBuilder:
     """Generates one shard's samples, audits them and replaces dropped copies with fresh seeds."""
 
-    def __init__(self, loaded: LoadedRecipe, generator, auditor, reporter: Reporter):
+    def __init__(self, loaded: LoadedRecipe, generator: Callable[[], Any], auditor, reporter: Reporter):
         self.recipe = loaded.recipe
         self.generator = generator
         self.auditor = auditor
@@ -126,21 +127,43 @@ class ShardBuilder:
         samples = []
         size = self.recipe.sampling.batch_size
         for start in range(0, len(jobs), size):
-            samples.extend(self.generator.generate(jobs[start : start + size]))
+            samples.extend(self.generator().generate(jobs[start : start + size]))
             self.reporter.progress("generating", len(samples), len(jobs))
         return samples
 
 
-def _provenance(loaded: LoadedRecipe, model, model_sha256: str) -> dict[str, Any]:
-    dp = model.dp or {}
+def _provenance(loaded: LoadedRecipe, model_id: str, model_sha256: str, dp: dict | None) -> dict[str, Any]:
+    dp = dp or {}
     return {
         "recipe_name": loaded.recipe.name,
         "recipe_sha256": loaded.sha256,
-        "model_id": model.model_id,
+        "model_id": model_id,
         "model_sha256": model_sha256,
         "dp_epsilon": dp.get("epsilon"),
         "dp_delta": dp.get("delta"),
     }
+
+
+def _auditor(loaded: LoadedRecipe, reporter: Reporter):
+    """The indexed audit data, or None when the recipe turns the audit off."""
+    from synthgen.audit import Auditor
+    from synthgen.sources import open_source
+
+    spec = loaded.recipe.audit_data()
+    if spec is None:
+        return None
+    audit = loaded.recipe.audit
+    auditor = Auditor.from_source(
+        open_source(spec, loaded.base_dir), audit.embedder, audit.threshold, reporter.progress
+    )
+    if auditor.train_skipped:
+        first = auditor.train_skipped[0]
+        reporter.log(
+            f"audit data: skipped {len(auditor.train_skipped)} unreadable image(s), e.g. "
+            f"{first.key}: {first.reason} (listed in audit/summary.json)",
+            warning=True,
+        )
+    return auditor
 
 
 def build(
@@ -151,12 +174,9 @@ def build(
     reporter: Reporter | None = None,
 ) -> BuildResult:
     """Build (or resume) the dataset a recipe describes; returns what was written."""
-    from synthgen.audit import AuditLog, Auditor
-    from synthgen.card import write_dataset_card
-    from synthgen.generate import Generator, load_model, pick_device
+    from synthgen.generate import Generator, load_model, pick_device, read_model_info
     from synthgen.models.resolve import resolve_model
-    from synthgen.shards import ShardSet, load_completed, write_manifest
-    from synthgen.sources import open_source
+    from synthgen.shards import ShardSet
 
     reporter = reporter or Reporter()
     recipe = loaded.recipe
@@ -164,44 +184,56 @@ def build(
     plan = make_plan(recipe)
     device = pick_device(recipe.sampling.device)
     prepare_output(out, loaded, overwrite)
-    lock = lock_output(out)  # released when `build` returns (or the process dies)
-    shutil.copyfile(loaded.path, out / "recipe.yaml")
+    lock = lock_output(out)
+    try:
+        with atomic_path(out / "recipe.yaml") as tmp:
+            shutil.copyfile(loaded.path, tmp)
+        resolved = resolve_model(loaded, reporter.progress)
+        reporter.log(f"model: {resolved.model_id} ({'trained now' if resolved.trained_now else 'cached'})")
+        model_sha256 = resolved.sha256()
+        dp = read_model_info(resolved.path).get("dp")
+        provenance = _provenance(loaded, resolved.model_id, model_sha256, dp)
 
-    resolved = resolve_model(loaded, reporter.progress)
-    reporter.log(f"model: {resolved.model_id} ({'trained now' if resolved.trained_now else 'cached'})")
-    model_sha256 = resolved.sha256()
-    model = load_model(resolved.path, resolved.model_id, model_sha256, device)
-    generator = Generator(model, recipe.sampling, _provenance(loaded, model, model_sha256))
-
-    audit_spec = recipe.audit_data()
-    train_source = open_source(audit_spec, loaded.base_dir) if audit_spec else None
-    auditor = None
-    if train_source is not None:
-        auditor = Auditor.from_source(train_source, recipe.audit.embedder, recipe.audit.threshold, reporter.progress)
-        if auditor.train_skipped:
-            first = auditor.train_skipped[0]
-            reporter.log(
-                f"audit data: skipped {len(auditor.train_skipped)} unreadable image(s), e.g. "
-                f"{first.key}: {first.reason} (listed in audit/summary.json)",
-                warning=True,
+        @functools.cache
+        def generator() -> Generator:  # loaded on first use: a finished build never loads the weights
+            return Generator(
+                load_model(resolved.path, resolved.model_id, model_sha256, device), recipe.sampling, provenance
             )
 
-    shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
-    builder = ShardBuilder(loaded, generator, auditor, reporter)
-    audit_state_dir = out / STATE_DIR / "audit"
-    written = resumed = 0
-    for shard in plan.shards:
-        state_file = audit_state_dir / f"shard-{shard.index:05d}.json"
-        if shard_set.is_complete(shard.index) and (auditor is None or state_file.is_file()):
-            resumed += 1
-        else:
-            samples, log = builder.run(shard)
-            shard_set.write_shard(shard.index, samples)
-            if log is not None:
-                write_json(state_file, log.state())
-            written += 1
-        reporter.progress("shards", written + resumed, len(plan.shards))
+        auditor = _auditor(loaded, reporter)
+        shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
+        builder = ShardBuilder(loaded, generator, auditor, reporter)
+        written = resumed = 0
+        for shard in plan.shards:
+            state_file = _audit_state(out, shard.index)
+            if shard_set.is_complete(shard.index) and (auditor is None or state_file.is_file()):
+                resumed += 1
+            else:
+                samples, log = builder.run(shard)
+                shard_set.write_shard(shard.index, samples)
+                if log is not None:
+                    write_json(state_file, log.state())
+                written += 1
+            reporter.progress("shards", written + resumed, len(plan.shards))
+        result = _finish(loaded, out, plan, auditor, provenance, dp)
+    finally:
+        if lock is not None:
+            lock.close()
+    result.shards_written, result.shards_resumed = written, resumed
+    return result
 
+
+def _audit_state(out: Path, index: int) -> Path:
+    return out / STATE_DIR / "audit" / f"shard-{index:05d}.json"
+
+
+def _finish(loaded: LoadedRecipe, out: Path, plan: Plan, auditor, provenance: dict, dp: dict | None) -> BuildResult:
+    """Everything that describes the finished shards: audit report, manifest, dataset card."""
+    from synthgen.audit import AuditLog
+    from synthgen.card import write_dataset_card
+    from synthgen.shards import load_completed, write_manifest
+
+    recipe = loaded.recipe
     records = load_completed(out)
     class_counts: dict[str, int] = {}
     for record in records.values():
@@ -210,36 +242,35 @@ def build(
     wanted = plan.class_counts()
     shortfall = {label: n - class_counts.get(label, 0) for label, n in wanted.items() if class_counts.get(label, 0) < n}
 
-    audit_summary = None
+    audit_summary = audit_brief = None
     if auditor is not None:
         final_log = AuditLog(auditor)
         for shard in plan.shards:
-            final_log.merge(json.loads((audit_state_dir / f"shard-{shard.index:05d}.json").read_text()))
-        audit_summary = final_log.write(out / "audit", candidates_skipped=[])
-        audit_summary["action"] = recipe.audit.action
-
-    dp = model.dp
-    audit_brief = None
-    if audit_summary is not None:
+            final_log.merge(json.loads(_audit_state(out, shard.index).read_text()))
+        audit_summary = final_log.write(out / "audit", candidates_skipped=[], extra={"action": recipe.audit.action})
         audit_brief = {
-            "embedder": audit_summary.get("embedder"),
-            "threshold": audit_summary.get("threshold"),
+            "embedder": audit_summary["embedder"],
+            "threshold": audit_summary["threshold"],
             "action": recipe.audit.action,
-            "checked": audit_summary.get("n_candidates"),
-            "flagged": audit_summary.get("n_flagged"),
-            "dropped": audit_summary.get("n_dropped"),
-            "max_similarity": (audit_summary.get("similarity") or {}).get("max"),
+            "checked": audit_summary["n_candidates"],
+            "flagged": audit_summary["n_flagged"],
+            "dropped": audit_summary["n_dropped"],
+            "max_similarity": audit_summary["similarity"]["max"],
         }
-    extra = {
-        "recipe": {"name": recipe.name, "sha256": loaded.sha256, "file": "recipe.yaml"},
-        "model": {"id": model.model_id, "sha256": model_sha256},
-        "sampling": recipe.sampling.model_dump(mode="json"),
-        "audit": audit_brief,
-        "dp": dp,
-        "planned_class_counts": wanted,
-        "shortfall": shortfall,
-    }
-    write_manifest(out, records, extra)
+    model = {"id": provenance["model_id"], "sha256": provenance["model_sha256"]}
+    write_manifest(
+        out,
+        records,
+        {
+            "recipe": {"name": recipe.name, "sha256": loaded.sha256, "file": "recipe.yaml"},
+            "model": model,
+            "sampling": recipe.sampling.model_dump(mode="json"),
+            "audit": audit_brief,
+            "dp": dp,
+            "planned_class_counts": wanted,
+            "shortfall": shortfall,
+        },
+    )
     write_dataset_card(
         out,
         name=recipe.name,
@@ -248,10 +279,7 @@ def build(
         class_counts=class_counts,
         formats=list(recipe.output.formats),
         provenance_summary={
-            "model_id": model.model_id,
-            "model_sha256": model_sha256,
-            "recipe_name": recipe.name,
-            "recipe_sha256": loaded.sha256,
+            **{k: provenance[k] for k in ("model_id", "model_sha256", "recipe_name", "recipe_sha256")},
             "scheduler": recipe.sampling.scheduler,
             "steps": recipe.sampling.steps,
             "guidance_scale": recipe.sampling.guidance_scale,
@@ -261,9 +289,4 @@ def build(
         dp=dp,
     )
     write_text(out / STATE_DIR / "done", "complete\n")
-    if lock is not None:
-        lock.close()
-    return BuildResult(out, plan, class_counts, written, resumed, model.model_id, audit_summary, shortfall)
-
-
-ProgressCallback = Callable[[str, int, int | None], None]
+    return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall)

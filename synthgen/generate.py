@@ -106,12 +106,17 @@ def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedMo
     if hasattr(pipeline, "safety_checker") and getattr(pipeline, "safety_checker", None) is not None:
         pipeline.safety_checker = None  # medical images trip NSFW filters; outputs are audited instead
     pipeline.set_progress_bar_config(disable=True)
+    return LoadedModel(pipeline, model_id, model_sha256, Path(path), read_model_info(path))
+
+
+def read_model_info(path: Path) -> dict[str, Any]:
+    """synthgen's notes beside the weights: training provenance and, for DP models, the privacy record."""
     info: dict[str, Any] = {}
     if (Path(path) / "synthgen_model.json").exists():
         info = json.loads((Path(path) / "synthgen_model.json").read_text())
     if (Path(path) / "privacy.json").exists():
         info["dp"] = json.loads((Path(path) / "privacy.json").read_text())
-    return LoadedModel(pipeline, model_id, model_sha256, Path(path), info)
+    return info
 
 
 def set_scheduler(pipeline, name: str) -> None:

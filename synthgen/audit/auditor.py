@@ -156,8 +156,12 @@ class AuditLog:
         candidates_skipped: list[Skipped],
         show_training_images: bool = False,
         train_source: Source | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Write audit.parquet, summary.json and report.html (each atomically); return the summary."""
+        """Write audit.parquet, summary.json and report.html (each atomically); return the summary.
+
+        `extra` adds caller facts to the summary (the build adds its `action`: flag or drop).
+        """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -174,6 +178,7 @@ class AuditLog:
             train_skipped=auditor.train_skipped,
             candidates_skipped=candidates_skipped,
         )
+        summary.update(extra or {})
         table = pa.table(
             {
                 "key": pa.array([r.key for r in self.rows], pa.string()),
