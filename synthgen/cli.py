@@ -57,6 +57,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except SynthgenError as error:
             console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
+        except OSError as error:  # disk full, permission denied, a file where a folder should be...
+            where = f"{error.filename}: " if error.filename else ""
+            message = escape(where + (error.strerror or str(error)))
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/] finished shards are kept; run the same command to resume")
             raise typer.Exit(130) from None
@@ -211,8 +216,15 @@ def audit(
     from synthgen.audit import run_audit
     from synthgen.sources import open_source
 
-    train_source = open_source(train, Path.cwd())
-    candidate_source = open_source(candidates, Path.cwd())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SynthgenError(f"--out: {out_dir} exists and is a file, not a folder")
+    sources = {}
+    for flag, value in (("--train", train), ("--candidates", candidates)):
+        try:
+            sources[flag] = open_source(value, Path.cwd())
+        except SynthgenError as error:
+            raise SynthgenError(f"{flag}: {error}") from None
+    train_source, candidate_source = sources["--train"], sources["--candidates"]
     with _progress_bars() as bars:
         summary = run_audit(
             train_source,

@@ -72,3 +72,26 @@ def test_audit_cli_missing_source_is_one_line_error(tmp_path: Path) -> None:
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
     assert not (tmp_path / "a").exists()
+
+
+def test_audit_cli_out_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    result = CliRunner().invoke(
+        app, ["audit", "--train", "demo", "--candidates", "demo", "--out", str(tmp_path / "taken")]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: --out:") and "Traceback" not in result.output
+
+
+def test_filesystem_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
+    """Any OSError inside a command (here: a read-only output folder) is one line, not a traceback."""
+    from synthgen.audit import auditor
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "a" / "audit.parquet"))
+
+    monkeypatch.setattr(auditor.AuditLog, "write", refuse)
+    result = CliRunner().invoke(app, ["audit", "--train", "demo", "--candidates", "demo", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and "Permission denied" in last and "audit.parquet" in last
