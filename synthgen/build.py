@@ -24,7 +24,7 @@ from synthgen.sample import Sample
 from synthgen.validate import check_output_dir
 
 STATE_DIR = ".synthgen"
-OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml")
+OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml", "preview.png")
 
 
 class Reporter:
@@ -231,6 +231,7 @@ def _finish(loaded: LoadedRecipe, out: Path, plan: Plan, auditor, provenance: di
     """Everything that describes the finished shards: audit report, manifest, dataset card."""
     from synthgen.audit import AuditLog
     from synthgen.card import write_dataset_card
+    from synthgen.preview import write_preview
     from synthgen.shards import load_completed, write_manifest
 
     recipe = loaded.recipe
@@ -271,6 +272,7 @@ def _finish(loaded: LoadedRecipe, out: Path, plan: Plan, auditor, provenance: di
             "shortfall": shortfall,
         },
     )
+    preview = write_preview(out, list(recipe.classes))
     write_dataset_card(
         out,
         name=recipe.name,
@@ -287,6 +289,7 @@ def _finish(loaded: LoadedRecipe, out: Path, plan: Plan, auditor, provenance: di
         },
         audit_summary=audit_brief,
         dp=dp,
+        preview=preview.name if preview else None,
     )
     write_text(out / STATE_DIR / "done", "complete\n")
     return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall)

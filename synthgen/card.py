@@ -157,12 +157,14 @@ def write_dataset_card(
     provenance_summary: Mapping[str, Any],
     audit_summary: Mapping[str, Any] | None,
     dp: Mapping[str, Any] | None,
+    preview: str | None = None,
 ) -> Path:
     """Write `out_dir/README.md`.
 
     `provenance_summary` keys used: recipe_name, recipe_sha256, model_id, model_sha256, scheduler,
     steps, guidance_scale, synthgen_version. `audit_summary`: embedder, threshold, action, checked,
     flagged, dropped, max_similarity (None = no audit). `dp`: epsilon, delta (None = not private).
+    `preview`: relative path of a sample grid to show under the class table.
     """
     formats = list(formats)
     prov = provenance_summary
@@ -191,6 +193,7 @@ def write_dataset_card(
         "",
         *_class_table(class_counts),
         "",
+        *([f"![generated samples, one row per class]({preview})", ""] if preview else []),
         *_loading(formats),
         *_audit(audit_summary),
         *_privacy(dp),

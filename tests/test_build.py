@@ -105,7 +105,10 @@ def test_build_writes_balanced_shards_with_provenance(built: Path) -> None:
     summary = json.loads((built / "audit" / "summary.json").read_text())
     assert summary["n_candidates"] == 8
     card = (built / "README.md").read_text()
-    assert card.startswith("---\n") and "synthetic" in card
+    assert card.startswith("---\n") and "synthetic" in card and "(preview.png)" in card
+    from PIL import Image
+
+    assert Image.open(built / "preview.png").size == (8 * 96, 3 * 96)  # 3 classes; 8 columns
 
 
 def test_shards_open_with_webdataset_and_datasets(built: Path) -> None:
@@ -272,3 +275,17 @@ def test_second_build_into_a_locked_folder_is_refused(built: Path) -> None:
     finally:
         held.close()
     lock_output(built).close()  # free again once the holder is gone
+
+
+def test_webdataset_only_jpeg_build(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, output={"dir": "out", "formats": ["webdataset"], "image_format": "jpeg"})
+    result = build(load_recipe(recipe))
+    assert not (result.out_dir / "data").exists()
+    names = [
+        name
+        for tar in (result.out_dir / "webdataset").glob("*.tar")
+        for name in __import__("tarfile").open(tar).getnames()
+    ]
+    assert sum(name.endswith(".jpg") for name in names) == 8
+    assert (result.out_dir / "preview.png").is_file()
+    assert "webdataset/*.tar" in (result.out_dir / "README.md").read_text()
