@@ -71,10 +71,15 @@ class LoadedModel:
 
     @property
     def default_resolution(self) -> int:
+        """The side the pipeline was trained for: SDXL/SD3/FLUX say `default_sample_size`, SD 1.x its UNet."""
         pipe = self.pipeline
-        sample_size = pipe.unet.config.sample_size if hasattr(pipe, "unet") else None
-        if isinstance(sample_size, int) and hasattr(pipe, "vae_scale_factor"):
-            return sample_size * pipe.vae_scale_factor
+        sample_size = getattr(pipe, "default_sample_size", None)
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if not isinstance(sample_size, int) and denoiser is not None:
+            sample_size = getattr(denoiser.config, "sample_size", None)
+        scale = getattr(pipe, "vae_scale_factor", None)
+        if isinstance(sample_size, int) and isinstance(scale, int):
+            return sample_size * scale
         return 512
 
 
