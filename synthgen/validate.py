@@ -47,7 +47,7 @@ def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool)
     from synthgen.generate import pick_device
     from synthgen.models.resolve import check_model
     from synthgen.plan import make_plan
-    from synthgen.sources import open_source
+    from synthgen.sources import open_readable
 
     recipe = loaded.recipe
     plan = make_plan(recipe)
@@ -58,13 +58,7 @@ def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool)
     audit_spec = recipe.audit_data()
     if audit_spec is not None:
         field = "audit.data" if recipe.audit.data is not None else "model.train.data"
-        try:
-            source = open_source(audit_spec, loaded.base_dir)
-        except SynthgenError as error:
-            raise SynthgenError(f"{field}: {error}") from None
-        if next(iter(source), None) is None:
-            reason = f": {source.skipped[0].key}: {source.skipped[0].reason}" if source.skipped else ""
-            raise SynthgenError(f"{field}: no readable images in {source.description}{reason}")
+        source = open_readable(audit_spec, loaded.base_dir, field)
         from synthgen.audit import get_embedder
 
         try:

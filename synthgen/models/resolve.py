@@ -15,7 +15,7 @@ from pathlib import Path
 from synthgen.errors import SynthgenError
 from synthgen.provenance import sha256_tree
 from synthgen.recipe import LoadedRecipe
-from synthgen.sources import open_source
+from synthgen.sources import open_readable, open_source
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -74,14 +74,7 @@ def check_model(loaded: LoadedRecipe) -> str:
         if not isinstance(cached, str) and offline():
             raise SynthgenError(f"model.pretrained: hub id '{model.pretrained}' is not in the local cache (offline)")
         return f"hub pipeline {model.pretrained}" + ("" if isinstance(cached, str) else " (will download)")
-    try:
-        source = open_source(model.train.data, loaded.base_dir)
-    except SynthgenError as error:
-        raise SynthgenError(f"model.train.data: {error}") from None
-    _ = next(iter(source), None)
-    if _ is None:
-        reason = f": {source.skipped[0].key}: {source.skipped[0].reason}" if source.skipped else ""
-        raise SynthgenError(f"model.train.data: no readable images in {source.description}{reason}")
+    source = open_readable(model.train.data, loaded.base_dir, "model.train.data")
     return f"train MSDM-{model.train.preset} on {source.description}"
 
 

@@ -5,7 +5,7 @@
 
 from synthgen.sources.base import Skipped, Source
 from synthgen.sources.demo import DEMO_CLASSES
-from synthgen.sources.open import detect_type, open_source
+from synthgen.sources.open import detect_type, open_readable, open_source
 from synthgen.sources.spec import SourceSpec
 
-__all__ = ["DEMO_CLASSES", "Skipped", "Source", "SourceSpec", "detect_type", "open_source"]
+__all__ = ["DEMO_CLASSES", "Skipped", "Source", "SourceSpec", "detect_type", "open_readable", "open_source"]

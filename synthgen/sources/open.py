@@ -40,6 +40,18 @@ def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = No
     return READERS[spec.type or detect_type(path)](spec, path)
 
 
+def open_readable(spec: SourceSpec | str, base_dir: Path | None, field: str) -> Source:
+    """`open_source`, then prove at least one image decodes; errors are prefixed with the recipe `field`."""
+    try:
+        source = open_source(spec, base_dir)
+    except SynthgenError as error:
+        raise SynthgenError(f"{field}: {error}") from None
+    if next(iter(source), None) is None:
+        reason = f": {source.skipped[0].key}: {source.skipped[0].reason}" if source.skipped else ""
+        raise SynthgenError(f"{field}: no readable images in {source.description}{reason}")
+    return source
+
+
 def detect_type(path: Path) -> SourceType:
     """Guess the reader from what is at `path`, in order of the most specific layout."""
     path = existing_path(path)
