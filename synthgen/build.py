@@ -176,7 +176,7 @@ def build(
     """Build (or resume) the dataset a recipe describes; returns what was written."""
     from synthgen.generate import Generator, load_model, pick_device, read_model_info
     from synthgen.models.resolve import resolve_model
-    from synthgen.shards import ShardSet
+    from synthgen.shards import ShardSet, load_completed
 
     reporter = reporter or Reporter()
     recipe = loaded.recipe
@@ -203,19 +203,23 @@ def build(
         auditor = _auditor(loaded, reporter)
         shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
         builder = ShardBuilder(loaded, generator, auditor, reporter)
+        on_disk = load_completed(out)  # each finished shard's files are hashed once, here
+        records = {}
         written = resumed = 0
         for shard in plan.shards:
             state_file = _audit_state(out, shard.index)
-            if shard_set.is_complete(shard.index) and (auditor is None or state_file.is_file()):
+            previous = on_disk.get(shard.index)
+            if shard_set.is_complete(shard.index, previous) and (auditor is None or state_file.is_file()):
+                records[shard.index] = previous
                 resumed += 1
             else:
                 samples, log = builder.run(shard)
-                shard_set.write_shard(shard.index, samples)
+                records[shard.index] = shard_set.write_shard(shard.index, samples)
                 if log is not None:
                     write_json(state_file, log.state())
                 written += 1
             reporter.progress("shards", written + resumed, len(plan.shards))
-        result = _finish(loaded, out, plan, auditor, provenance, dp)
+        result = _finish(loaded, out, plan, records, auditor, provenance, dp)
     finally:
         if lock is not None:
             lock.close()
@@ -227,15 +231,16 @@ def _audit_state(out: Path, index: int) -> Path:
     return out / STATE_DIR / "audit" / f"shard-{index:05d}.json"
 
 
-def _finish(loaded: LoadedRecipe, out: Path, plan: Plan, auditor, provenance: dict, dp: dict | None) -> BuildResult:
-    """Everything that describes the finished shards: audit report, manifest, dataset card."""
+def _finish(
+    loaded: LoadedRecipe, out: Path, plan: Plan, records: dict, auditor, provenance: dict, dp: dict | None
+) -> BuildResult:
+    """Everything that describes the finished shards (`records`, by index): audit report, manifest, card."""
     from synthgen.audit import AuditLog
     from synthgen.card import write_dataset_card
     from synthgen.preview import write_preview
-    from synthgen.shards import load_completed, write_manifest
+    from synthgen.shards import write_manifest
 
     recipe = loaded.recipe
-    records = load_completed(out)
     class_counts: dict[str, int] = {}
     for record in records.values():
         for label, n in record.class_counts.items():

@@ -308,12 +308,17 @@ class ShardSet:
         self.image_format = check_image_format(image_format)
         self.jpeg_quality = jpeg_quality
 
-    def is_complete(self, index: int) -> bool:
-        record = _valid_record(self.out_dir, marker_path(self.out_dir, index))
+    def is_complete(self, index: int, record: ShardRecord | None = None) -> bool:
+        """Whether shard `index` is on disk in every format; pass a `load_completed` record to skip re-hashing."""
+        if record is None:
+            record = _valid_record(self.out_dir, marker_path(self.out_dir, index))
         return record is not None and record.index == index and set(self.formats) <= record.formats
 
-    def write_shard(self, index: int, samples: list[Sample]) -> list[ShardFile]:
-        """Write shard `index` in every format; on any error no file of this shard and no marker remain."""
+    def write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
+        """Write shard `index` in every format; on any error no file of this shard and no marker remain.
+
+        Returns the record its marker holds (files with sha256, keys, class counts).
+        """
         marker = marker_path(self.out_dir, index)
         marker.unlink(missing_ok=True)  # the old marker no longer describes what is on disk
         writers: list[_ShardWriter] = []
@@ -342,7 +347,7 @@ class ShardSet:
             marker.unlink(missing_ok=True)
             self._remove_files(writers)
             raise
-        return files
+        return done
 
     @staticmethod
     def _remove_files(writers: list[_ShardWriter]) -> None:
