@@ -124,12 +124,7 @@ class ShardBuilder:
         return [kept[job.key] for job in shard.jobs if job.key in kept], log
 
     def _generate(self, jobs: list[Job]) -> list[Sample]:
-        samples = []
-        size = self.recipe.sampling.batch_size
-        for start in range(0, len(jobs), size):
-            samples.extend(self.generator().generate(jobs[start : start + size]))
-            self.reporter.progress("generating", len(samples), len(jobs))
-        return samples
+        return self.generator().generate(jobs, lambda done, total: self.reporter.progress("generating", done, total))
 
 
 def _provenance(loaded: LoadedRecipe, model_id: str, model_sha256: str, dp: dict | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,8 +164,11 @@ class Generator:
             kwargs["negative_prompt"] = [self.sampling.negative_prompt] * len(jobs)
         return {k: v for k, v in kwargs.items() if k in self._accepts}
 
-    def generate(self, jobs: list[Job]) -> list[Sample]:
-        """Sample `jobs` in batches of `sampling.batch_size`; returns samples in job order."""
+    def generate(self, jobs: list[Job], progress: Callable[[int, int], None] | None = None) -> list[Sample]:
+        """Sample `jobs` in batches of `sampling.batch_size`; returns samples in job order.
+
+        `progress(done, total)` is called after each batch.
+        """
         import torch
 
         samples: list[Sample] = []
@@ -174,6 +178,8 @@ class Generator:
             with torch.inference_mode():
                 images = self.model.pipeline(**self._call_kwargs(batch)).images
             samples.extend(self._sample(job, image) for job, image in zip(batch, images, strict=True))
+            if progress:
+                progress(len(samples), len(jobs))
         return samples
 
     def _sample(self, job: Job, image) -> Sample:
