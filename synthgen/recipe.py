@@ -47,35 +47,114 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainingConfig(_Strict):
-    """Train a compact MSDM (VAE + UNet + text encoder) on `data` before generating."""
+Precision = Literal["auto", "no", "fp16", "bf16"]
+
+
+class TrainingLoopConfig(_Strict):
+    """Settings every synthgen training loop shares (MSDM from scratch and LoRA fine-tuning)."""
 
     data: SourceSpec = Field(description="Training images with captions (`text`) and labels.")
-    preset: Literal["tiny"] = Field("tiny", description="Model size preset.")
     resolution: PositiveInt = Field(64, multiple_of=16, description="Training and generation side in pixels.")
-    vae_steps: NonNegativeInt = Field(600, description="Optimizer steps for the VAE.")
-    unet_steps: PositiveInt = Field(1500, description="Optimizer steps for the UNet and text encoder.")
-    batch_size: PositiveInt = Field(16)
+    batch_size: PositiveInt = Field(16, description="Images per optimizer step (the logical batch).")
+    gradient_accumulation: PositiveInt = Field(
+        1, description="Micro-batches per optimizer step (each batch_size / gradient_accumulation images)."
+    )
     learning_rate: PositiveFloat = Field(1e-3)
     prompt_dropout: float = Field(0.1, ge=0, lt=1, description="Share of captions replaced by '' (for CFG).")
+    mixed_precision: Precision = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp16 on GPU; none on CPU."
+    )
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the denoiser's weights (0: no EMA).")
+    validation_split: float = Field(
+        0.05, ge=0, lt=0.5, description="Share of training images held out for the validation loss (0: none)."
+    )
+    checkpoint_every: PositiveInt = Field(
+        500, description="Optimizer steps between checkpoints (resume points, validation loss, sample grid)."
+    )
     seed: int = Field(0)
+
+    def micro_batch_size(self) -> int:
+        return max(1, self.batch_size // self.gradient_accumulation)
+
+
+class TextEncoderConfig(_Strict):
+    """The text encoder: a small BERT learnt with the UNet (default) or a pretrained BERT-family / CLIP model."""
+
+    pretrained: str | None = Field(
+        None,
+        min_length=1,
+        description="Local folder or hub id of a BERT-family (BiomedBERT, BioClinicalBERT, CXR-BERT) or CLIP text "
+        "model with its tokenizer; default: a small BERT trained from scratch with the UNet.",
+    )
+    train: bool = Field(True, description="Fine-tune the text encoder with the UNet (false: frozen).")
+    tokenizer_corpus: Literal["auto", "captions", "prompts"] = Field(
+        "auto",
+        description="What the built-in BERT's WordPiece vocabulary is learnt from: the training captions, or only "
+        "the recipe's class prompts (public text). auto: prompts when `privacy` is set, else captions.",
+    )
+
+
+class TrainingConfig(TrainingLoopConfig):
+    """Train a compact MSDM (VAE + UNet + text encoder) on `data` before generating."""
+
+    preset: Literal["tiny", "small", "base"] = Field("tiny", description="Model size preset (see docs/models.md).")
+    vae: str | None = Field(
+        None, min_length=1, description="Folder of a pretrained AutoencoderKL to use instead of training one."
+    )
+    vae_steps: NonNegativeInt = Field(600, description="Optimizer steps for the VAE (ignored with `vae`).")
+    unet_steps: PositiveInt = Field(1500, description="Optimizer steps for the UNet and text encoder.")
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+
+
+class LoRAConfig(TrainingLoopConfig):
+    """LoRA fine-tuning (peft) of a pretrained SD-family pipeline's UNet on `data`."""
+
+    resolution: PositiveInt | None = Field(  # type: ignore[assignment]
+        None, multiple_of=16, description="Training side in pixels; default: the pipeline's."
+    )
+    learning_rate: PositiveFloat = Field(1e-4)
+    steps: PositiveInt = Field(1000, description="Optimizer steps.")
+    rank: PositiveInt = Field(8, description="LoRA rank.")
+    alpha: PositiveFloat | None = Field(None, description="LoRA alpha; default: the rank.")
+    target_modules: list[NonEmptyStr] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"], min_length=1, description="UNet modules that get LoRA adapters."
+    )
+
+
+class PrivacyConfig(_Strict):
+    """Differentially private training (DP-SGD, Opacus) of everything that sees the training data."""
+
+    target_epsilon: PositiveFloat = Field(description="Privacy budget the whole training may spend.")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="DP delta; default: 1 / (10 x number of training images)."
+    )
+    max_grad_norm: PositiveFloat = Field(1.0, description="Per-sample gradient clipping norm.")
+    accountant: Literal["rdp", "prv", "gdp"] = Field("prv", description="Opacus privacy accountant.")
 
 
 class ModelConfig(_Strict):
-    """Either a pretrained diffusers pipeline (`pretrained`) or a model trained by synthgen (`train`)."""
+    """A pretrained diffusers pipeline (`pretrained`, optionally LoRA-fine-tuned) or an MSDM trained by synthgen."""
 
     pretrained: str | None = Field(
         None, min_length=1, description="Local diffusers pipeline folder or Hugging Face hub id."
     )
     revision: str | None = Field(None, min_length=1, description="Hub revision (with a hub id).")
     train: TrainingConfig | None = Field(None, description="Train an MSDM on this data instead.")
+    lora: LoRAConfig | None = Field(None, description="LoRA-fine-tune the `pretrained` pipeline on this data.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelConfig:
         if (self.pretrained is None) == (self.train is None):
             which = "neither is set" if self.pretrained is None else "both are set"
             raise ValueError(f"give exactly one of `pretrained` or `train` ({which})")
+        if self.lora is not None and self.pretrained is None:
+            raise FieldError(("lora",), "LoRA fine-tunes a pretrained pipeline; set `pretrained` too")
         return self
+
+    def training_data(self) -> SourceSpec | None:
+        """The data this recipe trains or fine-tunes on (None for a pretrained model used as is)."""
+        loop = self.train or self.lora
+        return loop.data if loop else None
 
 
 class PromptTemplate(_Strict):
@@ -147,14 +226,44 @@ class SamplingConfig(_Strict):
 
 
 class AuditConfig(_Strict):
-    """Memorization audit: nearest training neighbour of every synthetic image."""
+    """Memorization audit: nearest training image of every synthetic image, copies flagged (and dropped)."""
 
     enabled: bool = True
-    data: SourceSpec | None = Field(None, description="Training data to audit against; default: model.train.data.")
-    embedder: str = Field("pixel", description="Image embedder for the nearest-neighbour search.")
-    threshold: float = Field(0.95, gt=-1, le=1, description="Similarity at or above which a sample is a copy.")
+    data: SourceSpec | None = Field(
+        None, description="Training data to audit against; default: the data the model trains on."
+    )
+    holdout: SourceSpec | None = Field(
+        None, description="Images of the same domain the model never saw (other patients): holdout metrics."
+    )
+    embedder: str = Field(
+        "copydetect",
+        description="Copy detector or embedder: copydetect (default, no weights), pixel, or a plug-in with local "
+        "weights: sscd:PATH, dinov2:PATH, timm:PATH, open_clip:PATH.",
+    )
+    threshold: float | Literal["auto"] = Field(
+        "auto",
+        description="Similarity at or above which a sample is a copy; auto: calibrated on the training data.",
+    )
+    target_fpr: float = Field(
+        0.01, gt=0, lt=0.5, description="With threshold auto: share of novel images allowed to be flagged."
+    )
+    index: Literal["auto", "exact", "ivf", "hnsw"] = Field(
+        "auto", description="Nearest-neighbour index: exact while fastest, approximate + exact re-rank beyond."
+    )
     action: Literal["flag", "drop"] = Field("flag", description="Keep flagged samples (flag) or replace them.")
     max_retries: NonNegativeInt = Field(3, description="With drop: new seeds tried per flagged sample.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_range(cls, value: Any) -> Any:
+        problem = f"must be a similarity in (-1, 1] or auto (got {_describe(value)})"
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return "auto"
+            raise ValueError(problem)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 < value <= 1:
+            raise ValueError(problem)
+        return float(value)
 
 
 class OutputConfig(_Strict):
@@ -178,6 +287,9 @@ class Recipe(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig | None = Field(
+        None, description="Train with differential privacy (DP-SGD); the budget goes into every sample's provenance."
+    )
 
     @field_validator("classes")
     @classmethod
@@ -192,7 +304,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _audit_has_data(self) -> Recipe:
-        if self.audit.enabled and self.audit.data is None and self.model.train is None:
+        if self.audit.enabled and self.audit.data is None and self.model.training_data() is None:
             raise FieldError(
                 ("audit", "data"),
                 "required when model.pretrained is used (nothing else to audit against); "
@@ -200,10 +312,30 @@ class Recipe(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _privacy_covers_training(self) -> Recipe:
+        """Refuse recipes whose DP guarantee would be void: every part that sees the data must be trained privately."""
+        if self.privacy is None:
+            return self
+        if self.model.train is None and self.model.lora is None:
+            raise FieldError(("privacy",), "privacy applies to training, but this recipe trains nothing")
+        train = self.model.train
+        if (
+            train is not None
+            and train.text_encoder.pretrained is None
+            and train.text_encoder.tokenizer_corpus == "captions"
+        ):
+            raise FieldError(
+                ("model", "train", "text_encoder", "tokenizer_corpus"),
+                "with privacy the tokenizer must not be learnt from the private captions (DP-SGD does not cover it, "
+                "and rare words such as names would enter its vocabulary); use prompts or auto",
+            )
+        return self
+
     def audit_data(self) -> SourceSpec | None:
         if not self.audit.enabled:
             return None
-        return self.audit.data or (self.model.train.data if self.model.train else None)
+        return self.audit.data or self.model.training_data()
 
 
 class LoadedRecipe(BaseModel):

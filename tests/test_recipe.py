@@ -71,13 +71,21 @@ def test_defaults(tmp_path):
     assert train.model_dump(exclude={"data"}) == {
         "preset": "tiny",
         "resolution": 64,
+        "vae": None,
         "vae_steps": 600,
         "unet_steps": 1500,
         "batch_size": 16,
+        "gradient_accumulation": 1,
         "learning_rate": 1e-3,
         "prompt_dropout": 0.1,
+        "mixed_precision": "auto",
+        "ema_decay": 0.999,
+        "validation_split": 0.05,
+        "checkpoint_every": 500,
         "seed": 0,
+        "text_encoder": {"pretrained": None, "train": True, "tokenizer_corpus": "auto"},
     }
+    assert recipe.model.lora is None and recipe.privacy is None
     assert recipe.model.revision is None
     assert recipe.sampling.model_dump() == {
         "scheduler": "ddim",
@@ -92,8 +100,11 @@ def test_defaults(tmp_path):
     assert recipe.audit.model_dump() == {
         "enabled": True,
         "data": None,
-        "embedder": "pixel",
-        "threshold": 0.95,
+        "holdout": None,
+        "embedder": "copydetect",
+        "threshold": "auto",
+        "target_fpr": 0.01,
+        "index": "auto",
         "action": "flag",
         "max_retries": 3,
     }
@@ -293,9 +304,20 @@ def test_docs_mention_every_field():
     def fields(model) -> set[str]:
         return set(model.model_fields)
 
-    from synthgen.recipe import AuditConfig, ClassConfig, ModelConfig, OutputConfig, SamplingConfig, TrainingConfig
+    from synthgen.recipe import (
+        AuditConfig,
+        ClassConfig,
+        LoRAConfig,
+        ModelConfig,
+        OutputConfig,
+        PrivacyConfig,
+        SamplingConfig,
+        TextEncoderConfig,
+        TrainingConfig,
+    )
 
-    models = (Recipe, ModelConfig, TrainingConfig, ClassConfig, SamplingConfig, AuditConfig, OutputConfig, SourceSpec)
+    models = (Recipe, ModelConfig, TrainingConfig, TextEncoderConfig, LoRAConfig, PrivacyConfig, ClassConfig)
+    models += (SamplingConfig, AuditConfig, OutputConfig, SourceSpec)
     missing = sorted(
         f"{model.__name__}.{name}" for model in models for name in fields(model) if f"`{name}`" not in text
     )
@@ -313,3 +335,45 @@ def test_docs_demo_example_is_the_shipped_demo():
     shipped = yaml.safe_load((REPO / "recipes" / "demo.yaml").read_text())
     shown = next(example for example in doc_recipes() if example["name"] == "demo")
     assert Recipe.model_validate(shown) == Recipe.model_validate(shipped)
+
+
+PRETRAINED = MINIMAL.replace("  train:\n    data: {type: demo}\n", "  pretrained: some/pipeline\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (
+            PRETRAINED.replace("classes:", "audit: {enabled: false}\nprivacy: {target_epsilon: 8}\nclasses:"),
+            r"privacy: privacy applies to training, but this recipe trains nothing",
+        ),
+        (
+            MINIMAL.replace("data: {type: demo}", "data: {type: demo}\n    text_encoder: {tokenizer_corpus: captions}")
+            + "privacy: {target_epsilon: 8}\n",
+            r"model\.train\.text_encoder\.tokenizer_corpus: with privacy the tokenizer must not be learnt",
+        ),
+        (
+            MINIMAL.replace("  train:\n", "  lora: {data: demo}\n  train:\n"),
+            r"model\.lora: LoRA fine-tunes a pretrained pipeline; set `pretrained` too",
+        ),
+        (MINIMAL + "audit: {threshold: 1.5}\n", r"audit\.threshold: must be a similarity in \(-1, 1\] or auto"),
+        (MINIMAL + "audit: {threshold: sometimes}\n", r"audit\.threshold: "),
+        (MINIMAL + "privacy: {target_epsilon: 0}\n", r"privacy\.target_epsilon: Input should be greater than 0"),
+        (MINIMAL.replace("data: {type: demo}", "data: {type: demo}\n    preset: huge"), r"model\.train\.preset: "),
+    ],
+)
+def test_training_privacy_and_audit_refusals(tmp_path, text, pattern):
+    with pytest.raises(SynthgenError, match=pattern):
+        load_recipe(write(tmp_path, text))
+
+
+def test_privacy_lora_and_auto_threshold_parse(tmp_path):
+    private = load_recipe(write(tmp_path, MINIMAL + "privacy: {target_epsilon: 8, delta: 1.0e-5}\n")).recipe
+    assert private.privacy is not None and private.privacy.accountant == "prv" and private.privacy.delta == 1e-5
+    assert private.model.train.text_encoder.tokenizer_corpus == "auto"
+    lora = PRETRAINED.replace("  pretrained: some/pipeline\n", "  pretrained: some/pipeline\n  lora: {data: demo}\n")
+    recipe = load_recipe(write(tmp_path, lora)).recipe
+    assert recipe.model.lora.rank == 8 and recipe.model.lora.learning_rate == 1e-4
+    assert recipe.audit_data() == recipe.model.lora.data  # fine-tuning data is what the audit compares against
+    fixed = load_recipe(write(tmp_path, MINIMAL + "audit: {threshold: 0.9}\n")).recipe
+    assert fixed.audit.threshold == 0.9 and private.audit.threshold == "auto"
