@@ -57,12 +57,16 @@ def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool)
     lines.append(f"model: {check_model(loaded)}")
     audit_spec = recipe.audit_data()
     if audit_spec is not None:
-        field = "audit.data" if recipe.audit.data is not None else "model.train.data"
+        field = (
+            "audit.data"
+            if recipe.audit.data is not None
+            else ("model.lora.data" if recipe.model.lora else "model.train.data")
+        )
         source = open_readable(audit_spec, loaded.base_dir, field)
-        from synthgen.audit import get_embedder
+        from synthgen.audit.auditor import get_detector
 
         try:
-            get_embedder(recipe.audit.embedder)
+            get_detector(recipe.audit.embedder)
         except SynthgenError as error:
             raise SynthgenError(f"audit.embedder: {error}") from None
         lines.append(

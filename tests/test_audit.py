@@ -146,7 +146,8 @@ def test_run_audit_writes_consistent_outputs(tmp_path: Path) -> None:
     assert on_disk == json.loads(json.dumps(summary))
     counts = [on_disk[name] for name in ("n_train", "n_candidates", "n_flagged", "n_dropped")]
     assert counts == [20, 4, 2, 0]
-    assert on_disk["flagged_rate"] == 0.5 and on_disk["embedder"] == "pixel" and on_disk["threshold"] == 0.95
+    assert on_disk["flagged_rate"] == 0.5 and on_disk["embedder"] == "copydetect" and on_disk["threshold"] == 0.95
+    assert on_disk["detector"]["name"] == "copydetect" and on_disk["detector"]["threshold_mode"] == "fixed"
     assert on_disk["similarity"]["max"] == pytest.approx(1.0, abs=1e-5)
     assert on_disk["similarity"]["min"] == pytest.approx(min(r["similarity"] for r in rows.values()))
     assert on_disk["per_label"]["a"]["n"] == 4 and on_disk["per_label"]["a"]["n_flagged"] == 2

@@ -12,11 +12,14 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from synthgen.atomic import atomic_path, write_json, write_text
+from synthgen.audit.calibrate import calibrate
+from synthgen.audit.copydetect import CopyDetector
 from synthgen.audit.embedders import Embedder, get_embedder
 from synthgen.audit.index import BATCH_SIZE, Progress, TrainIndex, batched, source_total
 from synthgen.audit.report import GalleryItem, render_report, thumbnail_png
@@ -43,49 +46,185 @@ class Verdict:
     flagged: bool
 
 
-@dataclass
-class Auditor:
-    """An indexed training set plus the rule that turns a similarity into a verdict."""
+class Detector(Protocol):
+    """Finds each candidate's most similar training image. `similarity >= threshold` means "copy".
 
+    `embedder` / `index` are a global embedding of the training set (the privacy metrics use them);
+    `threshold_bounds` bound `threshold: auto` (calibrate.py).
+    """
+
+    name: str
+    description: str
+    default_threshold: float
+    threshold_bounds: tuple[float, float]
+    keys: list[str]
+    skipped: list[Skipped]
     embedder: Embedder
     index: TrainIndex
-    threshold: float
-    train_description: str
-    train_fingerprint: str | None
-    train_skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int: ...
+
+    def fit(self, source: Source, progress: Progress | None = None) -> None: ...
+
+    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+class EmbeddingDetector:
+    """A global embedder plus a nearest-neighbour index: similarity = inner product of the two embeddings.
+
+    The `pixel` embedder and any plug-in embedder run this way; `threshold: auto` is then the plain
+    leave-one-out quantile (no bounds: the scale of a plug-in embedder is unknown here).
+    """
+
+    default_threshold = 0.95
+    threshold_bounds = (-1.0, 1.0)
+
+    def __init__(self, embedder: Embedder, index_kind: str = "auto") -> None:
+        self.embedder = embedder
+        self.name = embedder.name
+        self.description = embedder.description
+        self.index_kind = index_kind
+        self.index = TrainIndex(embedder.dim)
+        self.skipped: list[Skipped] = []
+
+    @property
+    def keys(self) -> list[str]:
+        return self.index.keys
 
     @property
     def n_train(self) -> int:
         return len(self.index)
 
+    def fit(self, source: Source, progress: Progress | None = None) -> None:
+        self.index = TrainIndex.from_source(source, self.embedder, progress=progress, kind=self.index_kind)
+        self.skipped = list(source.skipped)
+
+    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]:
+        if not images:
+            return []
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        similarities, keys = self.index.search(self.embedder.embed(images), k=1 + extra)
+        results = []
+        for i, (row, names) in enumerate(zip(similarities, keys, strict=True)):
+            skip = exclude[i] if exclude else set()
+            kept = [(float(s), k) for s, k in zip(row, names, strict=True) if k not in skip]
+            results.append(kept[0] if kept else (-1.0, ""))
+        return results
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": "embedding nearest neighbour", "dim": self.embedder.dim, "index": self.index.resolved_kind}
+
+
+def get_detector(name: str | Embedder | Detector, index_kind: str = "auto") -> Detector:
+    """`copydetect` (the default two-stage detector), a registered embedder's name, or an object.
+
+    `index_kind` (auto, exact, ivf, hnsw) applies to embedding detectors; copydetect verifies every
+    candidate pair geometrically, so its retrieval stays exact.
+    """
+    if not isinstance(name, str):
+        if hasattr(name, "match") and hasattr(name, "fit"):
+            return name  # type: ignore[return-value]
+        return EmbeddingDetector(name, index_kind)  # type: ignore[arg-type]
+    if name == CopyDetector.name:
+        return CopyDetector()
+    try:
+        return EmbeddingDetector(get_embedder(name), index_kind)
+    except SynthgenError as error:
+        message = str(error)
+        if not message.startswith("unknown audit embedder"):
+            raise  # e.g. weights that cannot be loaded: the embedder's own message
+        raise SynthgenError(
+            message.replace("known embedders: ", f"known embedders: {CopyDetector.name}, ", 1)
+        ) from None
+
+
+def parse_threshold(value: float | str) -> float | str:
+    """A float in [-1, 1] (numeric strings too) or "auto"; anything else is a user error."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SynthgenError(f"audit threshold must be a number between -1 and 1 or 'auto', got {value!r}") from None
+    if not -1.0 <= number <= 1.0:
+        raise SynthgenError(f"audit threshold must be between -1 and 1, got {value}")
+    return number
+
+
+@dataclass
+class Auditor:
+    """A fitted detector plus the threshold that turns a similarity into a verdict."""
+
+    detector: Detector
+    threshold: float
+    train_description: str
+    train_fingerprint: str | None
+    train_skipped: list[Skipped] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # how `threshold: auto` was derived
+
+    @property
+    def n_train(self) -> int:
+        return self.detector.n_train
+
+    @property
+    def embedder(self) -> Embedder:
+        """The detector's global embedder (privacy metrics); the detector's own name is `detector.name`."""
+        return self.detector.embedder
+
+    @property
+    def index(self) -> TrainIndex:
+        return self.detector.index
+
+    @property
+    def embedding_threshold(self) -> float | None:
+        """The threshold when it applies to `embedder`'s cosine (embedding detectors), else None (copydetect)."""
+        return self.threshold if isinstance(self.detector, EmbeddingDetector) else None
+
     @classmethod
     def from_source(
         cls,
         train: Source,
-        embedder: str | Embedder = "pixel",
-        threshold: float = 0.95,
+        embedder: str | Embedder | Detector = "copydetect",
+        threshold: float | str = "auto",
         progress: Progress | None = None,
+        *,
+        target_fpr: float = 0.01,
+        index: str = "auto",
     ) -> Auditor:
-        """Embed and index every readable training image (unreadable ones are recorded, not fatal)."""
-        if not -1.0 <= threshold <= 1.0:
-            raise SynthgenError(f"audit threshold must be between -1 and 1, got {threshold}")
-        model = get_embedder(embedder)
-        index = TrainIndex.from_source(train, model, progress=progress)
-        skipped = list(train.skipped)
-        if len(index) == 0:
+        """Fit the detector on every readable training image (unreadable ones are recorded, not fatal).
+
+        `threshold="auto"` calibrates it on the training set itself (see calibrate.py).
+        """
+        threshold = parse_threshold(threshold)
+        detector = get_detector(embedder, index)
+        detector.fit(train, progress)
+        skipped = list(detector.skipped)
+        if detector.n_train == 0:
             raise SynthgenError(f"no readable training images in {train.description}{_first_reason(skipped)}")
-        return cls(model, index, threshold, train.description, train.fingerprint(), skipped)
+        calibration = None
+        if threshold == "auto":
+            threshold, calibration = calibrate(detector, train, target_fpr=target_fpr, progress=progress)
+            train.skipped = list(skipped)  # calibration re-read part of the source; keep the full fit's list
+        return cls(detector, float(threshold), train.description, train.fingerprint(), skipped, calibration)
 
     def check(self, samples: list[Sample]) -> list[Verdict]:
         """Verdicts for a batch of candidates, in order."""
-        if not samples:
-            return []
-        similarities, keys = self.index.search(self.embedder.embed([s.image for s in samples]), k=1)
         verdicts = []
-        for similarity, (key,) in zip(similarities[:, 0], keys, strict=True):
+        for similarity, key in self.detector.match([s.image for s in samples]):
             value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
             verdicts.append(Verdict(value, key, value >= self.threshold))
         return verdicts
+
+    def summary_block(self) -> dict[str, Any]:
+        """The detector, its settings and how the threshold was chosen (merged into summary.json)."""
+        mode = "auto" if self.calibration is not None else "fixed"
+        block = {"name": self.detector.name, "threshold_mode": mode, **self.detector.info()}
+        if self.calibration is not None:
+            block["calibration"] = self.calibration
+        return {"detector": block}
 
 
 class AuditLog:
@@ -169,15 +308,16 @@ class AuditLog:
         auditor = self.auditor
         summary = build_summary(
             self.rows,
-            embedder=auditor.embedder.name,
+            embedder=auditor.detector.name,
             threshold=auditor.threshold,
-            similarity_meaning=auditor.embedder.description,
+            similarity_meaning=auditor.detector.description,
             n_train=auditor.n_train,
             train_description=auditor.train_description,
             train_fingerprint=auditor.train_fingerprint,
             train_skipped=auditor.train_skipped,
             candidates_skipped=candidates_skipped,
         )
+        summary.update(auditor.summary_block())
         summary.update(extra or {})
         table = pa.table(
             {
@@ -220,8 +360,8 @@ def run_audit(
     candidates: Source,
     out_dir: str | Path,
     *,
-    embedder: str | Embedder = "pixel",
-    threshold: float = 0.95,
+    embedder: str | Embedder | Detector = "copydetect",
+    threshold: float | str = "auto",
     show_training_images: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
