@@ -62,6 +62,26 @@ def skipped_block(items: list[Skipped]) -> dict[str, Any]:
     return {"count": len(items), "items": [asdict(item) for item in items]}
 
 
+def header() -> dict[str, Any]:
+    """What every summary.json starts with: which synthgen wrote it, and when."""
+    return {
+        "synthgen_version": synthgen.__version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def source_block(description: str, fingerprint: str | None, **extra: Any) -> dict[str, Any]:
+    """A data set as summary.json names it (description + fingerprint, plus counts where known)."""
+    return {"description": description, "fingerprint": fingerprint, **extra}
+
+
+def membership_only_summary(
+    membership: dict[str, Any], *, train: dict[str, Any], holdout: dict[str, Any]
+) -> dict[str, Any]:
+    """summary.json of a `synthgen audit --model` run without --candidates: membership inference only."""
+    return {**header(), "train": train, "holdout": holdout, "membership": membership}
+
+
 def build_summary(
     rows: list[AuditRow],
     *,
@@ -73,12 +93,15 @@ def build_summary(
     train_fingerprint: str | None,
     train_skipped: list[Skipped],
     candidates_skipped: list[Skipped],
+    metrics: dict[str, Any] | None = None,
+    membership: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON-able audit summary: headline counts, similarity distribution, per-label table, skips."""
+    """The JSON-able audit summary: headline counts, similarity distribution, per-label table, skips; plus the
+    privacy `metrics` (synthgen.audit.metrics) and `membership` inference results when they were computed."""
     n_flagged = sum(r.flagged for r in rows)
+    optional = {"metrics": metrics, "membership": membership}
     return {
-        "synthgen_version": synthgen.__version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **header(),
         "embedder": embedder,
         "threshold": threshold,
         "similarity_meaning": similarity_meaning,
@@ -91,4 +114,5 @@ def build_summary(
         "per_label": per_label_table(rows),
         "train": {"description": train_description, "fingerprint": train_fingerprint},
         "skipped": {"train": skipped_block(train_skipped), "candidates": skipped_block(candidates_skipped)},
+        **{key: value for key, value in optional.items() if value is not None},
     }

@@ -1,0 +1,125 @@
+"""The full privacy report (copy audit + metrics + membership): self-contained, privacy-safe, and it renders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthgen.audit import privacy
+from synthgen.audit.membership import MIAConfig, ScoreSet, membership_summary
+from synthgen.audit.privacy import run_privacy_audit
+from synthgen.sample import Sample
+from synthgen.sources import Skipped, Source
+from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
+
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
+
+
+class ListSource(Source):
+    def __init__(self, samples: list[Sample], bad: tuple[str, ...] = (), description: str = "test") -> None:
+        super().__init__(description=description)
+        self.samples, self.bad = samples, bad
+
+    def _iter_samples(self) -> Iterator[Sample]:
+        for key in self.bad:
+            self.skipped.append(Skipped(key, "cannot decode image: corrupt"))
+        yield from self.samples
+
+    def fingerprint(self) -> str:
+        return "fingerprint-" + self.description
+
+
+def phantoms(start: int, n: int, prefix: str) -> list[Sample]:
+    out = []
+    for i in range(start, start + n):
+        kind = DEMO_CLASSES[i % 3]
+        image, caption, _ = draw_phantom(kind, 7, i, 48)
+        out.append(Sample(f"{prefix}-{i}", image, caption, kind))
+    return out
+
+
+@pytest.fixture(scope="module")
+def sets() -> dict[str, ListSource]:
+    train = phantoms(0, 60, "train")
+    copies = [Sample(f"copy-{s.key}", s.image, s.text, s.label) for s in train[:4]]
+    return {
+        "train": ListSource(train, description="train"),
+        "holdout": ListSource(phantoms(1000, 45, "holdout"), bad=("holdout/broken.png",), description="holdout"),
+        "candidates": ListSource(copies + phantoms(2000, 41, "new"), description="candidates"),
+    }
+
+
+def fake_membership(*args, **kwargs) -> tuple[dict, ScoreSet, ScoreSet]:
+    """Stands in for `run_membership` (no model to train): constructed scores, members somewhat lower."""
+    rng = np.random.default_rng(0)
+    members = ScoreSet([f"m{i}" for i in range(60)], rng.normal(0.4, 0.1, 60).tolist(), rng.normal(3, 1, 60).tolist())
+    nonmembers = ScoreSet(
+        [f"n{i}" for i in range(45)], rng.normal(0.5, 0.1, 45).tolist(), rng.normal(3, 1, 45).tolist()
+    )
+    info = {"model": "model-dir", "resolution": 48, "prediction_type": "epsilon", "device": "cpu"}
+    return membership_summary(members, nonmembers, MIAConfig(), info), members, nonmembers
+
+
+def test_report_holds_every_section_and_no_training_image(sets, tmp_path: Path) -> None:
+    summary = run_privacy_audit(sets["train"], sets["candidates"], tmp_path, holdout=sets["holdout"], threshold=0.995)
+    json.dumps(summary, allow_nan=False)
+    assert summary["n_flagged"] == 4 and summary["metrics"]["computed"]
+    metrics = summary["metrics"]
+    assert metrics["n_train"] == 60 and metrics["n_synthetic"] == 45 and metrics["n_holdout"] == 45
+    assert metrics["counts"]["holdout"] == {"seen": 45, "used": 45}
+    assert summary["holdout"]["n"] == 45 and summary["holdout"]["skipped"]["count"] == 1
+    html = (tmp_path / "report.html").read_text()
+    assert not EXTERNAL.search(html) and "<script" not in html and "<link" not in html
+    assert 'alt="training ' not in html and html.count("training image hidden") == 4
+    for text in ("Privacy metrics", "Holdout share", "C_T", "Distance to the closest training record", "Per class"):
+        assert text in html
+    with_images = tmp_path / "shown"
+    run_privacy_audit(sets["train"], sets["candidates"], with_images, threshold=0.995, show_training_images=True)
+    shown = (with_images / "report.html").read_text()
+    assert shown.count('alt="training train-') == 4 and "training image hidden" not in shown
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+def test_report_renders_in_headless_chromium(sets, tmp_path: Path, monkeypatch) -> None:
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not on PATH (CI must render the report)")
+        pytest.skip("chromium is not on PATH")
+    monkeypatch.setattr(privacy, "run_membership", fake_membership)
+    summary = run_privacy_audit(
+        sets["train"], sets["candidates"], tmp_path, holdout=sets["holdout"], model="model-dir", threshold=0.995
+    )
+    assert summary["membership"]["n_members"] == 60 and (tmp_path / "membership.parquet").is_file()
+    html = (tmp_path / "report.html").read_text()
+    assert not EXTERNAL.search(html) and "ROC curves" in html and html.count("training image hidden") == 4
+    page, shot = tmp_path / "report.html", tmp_path / "report.png"
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        page.as_uri(),
+    ]
+    subprocess.run(command, capture_output=True, timeout=180, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (2000, 1200) and pixels.std() > 10  # text, tables and charts, not a blank page
