@@ -70,9 +70,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _is_temp(path: Path) -> bool:
-    """Leftovers of `synthgen.atomic` writes (`.NAME.XXXX.tmp`) are not content."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")
+def _is_temp(path: Path, root: Path) -> bool:
+    """Leftovers of `synthgen.atomic` writes (`.NAME.XXXX.tmp`) and training checkpoints are not content.
+
+    A trained model folder keeps its last checkpoint (`.checkpoints/`) so training can be extended; it is
+    not what generates images, and hashing it would cost gigabytes of reading for a `base` model.
+    """
+    if path.name.startswith(".") and path.name.endswith(".tmp"):
+        return True
+    return path.relative_to(root).parts[0] == ".checkpoints"
 
 
 def sha256_tree(path: str | os.PathLike) -> str:
@@ -86,7 +92,9 @@ def sha256_tree(path: str | os.PathLike) -> str:
         return sha256_file(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or folder")
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p))
+    files = sorted(
+        (p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p, root)
+    )
     digest = hashlib.sha256()
     for relative, file in files:
         digest.update(f"{relative}\0{sha256_file(file)}\n".encode())

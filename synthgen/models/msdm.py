@@ -22,12 +22,13 @@ class MSDMPreset:
     unet_channels: tuple[int, ...]
     unet_attention: tuple[bool, ...]  # per level: cross-attention there (costly at high resolution on CPU)
     layers_per_block: int
-    attention_head_dim: int
+    attention_head_dim: int  # diffusers passes this on as the number of attention heads (its naming quirk)
     text_hidden: int
     text_layers: int
     text_heads: int
     vocab_size: int
     max_length: int
+    vae_layers_per_block: int = 1
 
     @property
     def vae_downsample(self) -> int:
@@ -51,6 +52,40 @@ PRESETS: dict[str, MSDMPreset] = {
         vocab_size=512,
         max_length=32,
     ),
+    # Still CPU-trainable (64-128 px, 4x downsampling: 16-32 px latents), a few million parameters: the size
+    # for real small data sets when no GPU is at hand (see docs/models.md for step times).
+    "small": MSDMPreset(
+        vae_channels=(32, 64, 128),
+        vae_attention=False,
+        latent_channels=4,
+        unet_channels=(64, 96, 128),
+        unet_attention=(False, True, True),
+        layers_per_block=1,
+        attention_head_dim=4,
+        text_hidden=128,
+        text_layers=2,
+        text_heads=4,
+        vocab_size=2048,
+        max_length=48,
+    ),
+    # The paper's scale (256 px): an SD-style VAE with 8 latent channels and 8x downsampling (32x32x8 latents),
+    # a UNet of (256, 256, 512, 1024) channels with two residual blocks per level and cross-attention on the
+    # first three levels, and a BERT with 768-wide hidden states. Meant for a GPU.
+    "base": MSDMPreset(
+        vae_channels=(128, 256, 512, 512),
+        vae_attention=True,
+        latent_channels=8,
+        vae_layers_per_block=2,
+        unet_channels=(256, 256, 512, 1024),
+        unet_attention=(True, True, True, False),
+        layers_per_block=2,
+        attention_head_dim=8,
+        text_hidden=768,
+        text_layers=6,
+        text_heads=12,
+        vocab_size=8192,
+        max_length=77,
+    ),
 }
 
 
@@ -64,44 +99,77 @@ def build_vae(preset: MSDMPreset, resolution: int):
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=preset.vae_channels,
-        layers_per_block=1,
+        layers_per_block=preset.vae_layers_per_block,
         latent_channels=preset.latent_channels,
-        norm_num_groups=min(16, preset.vae_channels[0]),
+        norm_num_groups=min(32 if preset.vae_channels[0] >= 64 else 16, preset.vae_channels[0]),
         mid_block_add_attention=preset.vae_attention,
         sample_size=resolution,
     )
 
 
-def build_unet(preset: MSDMPreset, resolution: int):
+def vae_geometry(vae: Any) -> tuple[int, int]:
+    """(latent channels, downsampling factor) of any AutoencoderKL, ours or a pretrained one."""
+    return int(vae.config.latent_channels), 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def build_unet(preset: MSDMPreset, resolution: int, vae: Any = None, cross_attention_dim: int | None = None):
+    """The denoiser, sized for `vae`'s latents (default: the preset's own VAE) and the text encoder's width."""
     from diffusers import UNet2DConditionModel
 
+    latent_channels, downsample = (
+        vae_geometry(vae) if vae is not None else (preset.latent_channels, preset.vae_downsample)
+    )
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in preset.unet_attention)
     up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(preset.unet_attention))
     return UNet2DConditionModel(
-        sample_size=resolution // preset.vae_downsample,
-        in_channels=preset.latent_channels,
-        out_channels=preset.latent_channels,
+        sample_size=resolution // downsample,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         block_out_channels=preset.unet_channels,
         layers_per_block=preset.layers_per_block,
         down_block_types=down,
         up_block_types=up,
-        cross_attention_dim=preset.text_hidden,
+        cross_attention_dim=cross_attention_dim or preset.text_hidden,
         attention_head_dim=preset.attention_head_dim,
         norm_num_groups=min(32, preset.unet_channels[0]),
     )
 
 
+# Always in the vocabulary, so any ASCII word tokenizes into known pieces.
+BASE_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?-()/%+'"
+
+
 def train_tokenizer(captions: Iterable[str], preset: MSDMPreset, out_dir: Path | None = None):
-    """Train a lower-cased WordPiece tokenizer on the captions (offline) and wrap it as `BertTokenizerFast`."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A lower-cased WordPiece tokenizer learnt from `captions` (offline), wrapped as `BertTokenizerFast`.
+
+    The vocabulary is built deterministically (the `tokenizers` trainer breaks frequency ties in hash-map
+    order, so the same captions gave different vocabularies, hence different models, on every run): the
+    special tokens, every character seen (and a-z, 0-9) as word-initial and `##` continuation pieces, then
+    whole words by falling frequency (ties alphabetical) up to the preset's vocabulary size. WordPiece's
+    greedy longest match still splits an unseen word into known words and characters ("polyps" -> polyp ##s).
+    """
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=preset.vocab_size, special_tokens=special, min_frequency=1)
-    tokenizer.train_from_iterator(list(captions), trainer=trainer)
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for caption in captions:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption)))
+    characters = sorted(set(BASE_CHARACTERS) | {c for word in words for c in word})
+    vocab = special + characters + [f"##{c}" for c in characters]
+    known = set(vocab)
+    for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= preset.vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+            known.add(word)
+    tokenizer = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
+    tokenizer.decoder = decoders.WordPiece()
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -1,0 +1,281 @@
+"""The generic optimizer loop every synthgen training phase runs (MSDM's VAE and UNet phases; LoRA later).
+
+A phase supplies what differs (the module, how a batch is drawn, the per-item loss, validation, what to do
+at a checkpoint); the loop owns everything that must be the same for all: AdamW with warmup, gradient
+accumulation over micro-batches, mixed precision on GPUs, clipping, EMA, checkpoints every
+`checkpoint_every` steps and exact resumption, the log, and DP-SGD when a `PrivateTraining` is given.
+
+The randomness of a logical batch (indices, noise, timesteps, flips, caption dropout) is drawn once from
+the phase's own generator and then cut into micro-batches, so `gradient_accumulation` changes memory use
+and float rounding, not what is learnt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from synthgen.plan import derive_seed
+from synthgen.training.checkpoints import CheckpointStore, capture_rng, restore_rng, seed_everything
+from synthgen.training.ema import EMA
+from synthgen.training.report import TrainingLog, plot_log
+
+Progress = Callable[[str, int, int], None]
+Batch = dict[str, Any]
+RECENT = 50  # the final loss reported is the mean of this many last steps
+
+
+@dataclass
+class Phase:
+    """One stage of training: `module`'s trainable parameters are fit to `loss` for `steps` optimizer steps."""
+
+    name: str
+    steps: int
+    module: Any
+    dataset_size: int
+    draw: Callable[[Any, Any], Batch]  # (item indices, torch generator) -> batch tensors, first dim = items
+    loss: Callable[[Any, Batch], Any]  # (module to call, micro-batch) -> per-item losses, shape (items,)
+    learning_rate: float
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = None
+    ema_decay: float = 0.0
+    validate: Callable[[Any], float] | None = None  # module (EMA weights in place) -> comparable loss
+    on_checkpoint: Callable[[int], None] | None = None  # step -> side outputs (sample grid), EMA weights in place
+    progress_label: str = ""
+
+
+@dataclass
+class LoopSettings:
+    """The recipe's loop settings, resolved for this machine."""
+
+    batch_size: int
+    micro_batch_size: int
+    checkpoint_every: int
+    seed: int
+    device: Any
+    autocast_dtype: Any = None  # torch.bfloat16 / torch.float16 on GPUs, None: full precision
+    grad_scaler: bool = False  # fp16 needs loss scaling
+    plot_path: Any = None  # loss.png, redrawn at every checkpoint
+
+
+@dataclass
+class PhaseResult:
+    steps: int
+    loss: float | None
+    val_loss: float | None
+    resumed_from: int | None
+    seconds: float
+
+
+class PrivateTraining(Protocol):
+    """DP-SGD hooks (see training/dp.py): Poisson batches, per-sample clipping + noise, accounting."""
+
+    def batches(self, phase: str, dataset_size: int, generator: Any) -> Any: ...
+    def wrap(self, module: Any, optimizer: Any, phase: str) -> tuple[Any, Any]: ...
+    def release(self, module: Any) -> Any: ...
+    def check(self, optimizer: Any, items: int) -> None: ...
+    def empty_step(self, optimizer: Any) -> None: ...
+    def epsilon(self, phase: str, step: int) -> float: ...
+
+
+class UniformBatches:
+    """Non-private sampling: `batch_size` items drawn uniformly with replacement per step."""
+
+    def __init__(self, dataset_size: int, batch_size: int, generator: Any) -> None:
+        self.dataset_size, self.batch_size, self.generator = dataset_size, batch_size, generator
+
+    def __iter__(self) -> UniformBatches:
+        return self
+
+    def __next__(self) -> Any:
+        import torch
+
+        return torch.randint(0, self.dataset_size, (self.batch_size,), generator=self.generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def resolve_precision(requested: str, device: Any) -> tuple[Any, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed); CPU and MPS always train in fp32."""
+    import torch
+
+    if device.type != "cuda" or requested == "no":
+        return None, False
+    if requested == "auto":
+        requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return (torch.bfloat16, False) if requested == "bf16" else (torch.float16, True)
+
+
+def run_phase(
+    phase: Phase,
+    settings: LoopSettings,
+    store: CheckpointStore,
+    log: TrainingLog,
+    progress: Progress | None = None,
+    private: PrivateTraining | None = None,
+) -> PhaseResult:
+    """Train (or resume, or skip if finished) one phase; on return `phase.module` holds the final (EMA) weights."""
+    import torch
+
+    seed_everything(derive_seed(settings.seed, phase.name))
+    module = phase.module
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=phase.learning_rate, weight_decay=phase.weight_decay)
+    warmup = max(1, phase.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    ema = EMA(module, phase.ema_decay) if phase.ema_decay > 0 else None
+    generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "draw"))
+    batch_generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "batches"))
+    if private is not None:
+        sampler = private.batches(phase.name, phase.dataset_size, batch_generator)
+    else:
+        sampler = UniformBatches(phase.dataset_size, settings.batch_size, batch_generator)
+    scaler = torch.amp.GradScaler(settings.device.type) if settings.grad_scaler and private is None else None
+
+    start, recent, seconds, rng = 0, [], 0.0, None
+    latest = store.latest(phase.name)
+    if latest is not None:
+        state = store.load(latest)
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        sampler.load_state_dict(state["sampler"])
+        generator.set_state(state["generator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        start, recent, seconds, rng = state["step"], list(state["recent"]), float(state["seconds"]), state["rng"]
+    train_module, train_optimizer = (
+        (module, optimizer) if private is None else private.wrap(module, optimizer, phase.name)
+    )
+    if rng is not None:
+        restore_rng(rng)
+
+    def evaluate(step: int) -> tuple[float | None, float | None]:
+        """Validation loss and side outputs with the EMA weights, then epsilon spent so far."""
+        val_loss = None
+        module.eval()
+        with ema.applied(module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
+            if phase.validate is not None:
+                val_loss = phase.validate(module)
+            if phase.on_checkpoint is not None:
+                phase.on_checkpoint(step)
+        module.train()
+        return val_loss, private.epsilon(phase.name, step) if private is not None else None
+
+    def save(step: int, val_loss: float | None, epsilon: float | None) -> None:
+        state = {
+            "step": step,
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "sampler": sampler.state_dict(),
+            "generator": generator.get_state(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "recent": recent,
+            "seconds": seconds,
+            "rng": capture_rng(),  # after validation and samples: the run continues from exactly this state
+        }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        store.save(phase.name, step, state, {"val_loss": val_loss, "epsilon": epsilon, "loss": _mean(recent)})
+
+    module.train()
+    val_loss = None
+    label = phase.progress_label or phase.name
+    for step in range(start, phase.steps):
+        began = time.perf_counter()
+        indices = next(sampler)
+        loss_sum = _optimizer_step(
+            phase, settings, train_module, train_optimizer, params, scaler, private, indices, generator
+        )
+        schedule.step()
+        if ema is not None:
+            ema.update(module)
+        done = step + 1
+        loss = loss_sum / len(indices) if len(indices) else None
+        if loss is not None and private is None:  # under DP a raw loss is a non-private statistic: not kept
+            recent = (recent + [loss])[-RECENT:]
+        seconds += time.perf_counter() - began
+        record = {"phase": phase.name, "step": done, "loss": loss if private is None else None, "val_loss": None}
+        record["lr"] = schedule.get_last_lr()[0]
+        at_checkpoint = done % settings.checkpoint_every == 0 or done == phase.steps
+        if at_checkpoint:
+            val_loss, epsilon = evaluate(done)
+            record.update(val_loss=val_loss, checkpoint=True, **({"epsilon": epsilon} if epsilon is not None else {}))
+        log.write({**record, "seconds": round(seconds, 3)})  # before the checkpoint: a resume never lacks it
+        if at_checkpoint:
+            save(done, val_loss, record.get("epsilon"))
+            if settings.plot_path is not None:
+                plot_log(log, settings.plot_path)
+        if progress:
+            progress(label, done, phase.steps)
+    if latest is not None and start >= phase.steps:
+        val_loss = latest.meta().get("val_loss")
+    if private is not None:
+        private.release(train_module)
+    store.keep_only_final(phase.name)
+    if ema is not None:
+        ema.copy_to(module)
+    module.eval()
+    return PhaseResult(phase.steps, _mean(recent), val_loss, latest.step if latest else None, seconds)
+
+
+def _optimizer_step(phase, settings, module, optimizer, params, scaler, private, indices, generator) -> float:
+    """One logical batch: draw it, run its micro-batches (virtual steps under DP), step; returns the loss sum."""
+    import torch
+
+    if len(indices) == 0:  # only Poisson sampling gives empty batches: DP still takes a noise-only step
+        private.empty_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return 0.0
+    batch = phase.draw(indices, generator)
+    n, size = len(indices), settings.micro_batch_size
+    parts = [slice(i, i + size) for i in range(0, n, size)]
+    total = 0.0
+    # Under DP only bf16 autocast: fp16 needs loss scaling, which would act before the per-sample clipping.
+    use_autocast = settings.autocast_dtype is not None and (
+        private is None or settings.autocast_dtype == torch.bfloat16
+    )
+    autocast = torch.autocast(settings.device.type, dtype=settings.autocast_dtype) if use_autocast else None
+    for k, part in enumerate(parts):
+        micro = {key: value[part] for key, value in batch.items()}
+        with autocast if autocast is not None else contextlib.nullcontext():
+            per_item = phase.loss(module, micro).float()
+        # DP: Opacus's "mean" reduction wants each micro-batch's mean; it divides by the expected batch size.
+        loss = per_item.mean() if private is not None else per_item.sum() / n
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += float(per_item.detach().sum())
+        if private is not None:
+            private.check(optimizer, len(per_item))
+        if private is not None and k < len(parts) - 1:
+            optimizer.signal_skip_step(do_skip=True)
+            optimizer.step()  # clips and accumulates this micro-batch's per-sample gradients; no noise yet
+            optimizer.zero_grad(set_to_none=True)
+    if private is None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if phase.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, phase.clip_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
