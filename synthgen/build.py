@@ -107,7 +107,7 @@ class ShardBuilder:
             retry: list[Job] = []
             for job, sample, verdict in zip(pending, samples, self.auditor.check(samples), strict=True):
                 sample.metadata.update(
-                    audit_embedder=self.auditor.embedder.name,
+                    audit_embedder=self.auditor.detector.name,
                     audit_threshold=self.auditor.threshold,
                     audit_similarity=verdict.similarity,
                     audit_flagged=verdict.flagged,
@@ -128,6 +128,12 @@ class ShardBuilder:
 
 
 def _provenance(loaded: LoadedRecipe, model_id: str, model_sha256: str, dp: dict | None) -> dict[str, Any]:
+    """What every sample records about its origin; a recipe asking for privacy never gets a non-DP model."""
+    if loaded.recipe.privacy is not None and (dp or {}).get("epsilon") is None:
+        raise SynthgenError(
+            f"privacy: the recipe asks for differential privacy, but model {model_id} has no privacy record "
+            "(privacy.json); it was not trained with DP-SGD, so the dataset would carry no guarantee"
+        )
     dp = dp or {}
     return {
         "recipe_name": loaded.recipe.name,
@@ -149,7 +155,12 @@ def _auditor(loaded: LoadedRecipe, reporter: Reporter):
         return None
     audit = loaded.recipe.audit
     auditor = Auditor.from_source(
-        open_source(spec, loaded.base_dir), audit.embedder, audit.threshold, reporter.progress
+        open_source(spec, loaded.base_dir),
+        audit.embedder,
+        audit.threshold,
+        reporter.progress,
+        target_fpr=audit.target_fpr,
+        index=audit.index,
     )
     if auditor.train_skipped:
         first = auditor.train_skipped[0]

@@ -130,7 +130,8 @@ def _audit(audit: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
-def _privacy(dp: Mapping[str, Any] | None) -> list[str]:
+def _privacy(dp: Mapping[str, Any] | None, audit: Mapping[str, Any] | None = None) -> list[str]:
+    """What the DP guarantee is, what it covers and, as plainly, what it does not (docs/privacy.md)."""
     lines = ["## Privacy budget", ""]
     if not dp or dp.get("epsilon") is None:
         return lines + [
@@ -138,12 +139,35 @@ def _privacy(dp: Mapping[str, Any] | None) -> list[str]:
             "limits what images can reveal about individual training records.",
             "",
         ]
-    return lines + [
-        f"The model was trained with differential privacy at **ε = {dp['epsilon']}**, "
-        f"**δ = {_get(dp, 'delta')}**. Generated images are post-processing of the model and inherit "
-        "this guarantee; the memorization audit itself reads training data and is not covered by it.",
+    covers = ", ".join(f"`{part}`" for part in dp.get("covers") or []) or "the trained model"
+    lines += [
+        f"The model was trained with differential privacy (DP-SGD) at **ε = {dp['epsilon']}**, "
+        f"**δ = {_get(dp, 'delta')}** ({_get(dp, 'accountant')} accountant; target ε {_get(dp, 'target_epsilon')}), "
+        f"per training image. Trained under this guarantee: {covers}. Generated images are post-processing of "
+        "the model and inherit it. The unit is one image: a patient with k training images is protected at "
+        "about k·ε (group privacy).",
         "",
     ]
+    if dp.get("noise_multiplier") is not None:
+        phases = ", ".join(
+            f"{name} {n} steps at sample rate {float((dp.get('sample_rate') or {}).get(name, 0)):.4g}"
+            for name, n in (dp.get("steps") or {}).items()
+        )
+        lines += [
+            f"Noise multiplier {float(dp['noise_multiplier']):.4g}, per-image gradient clipping at "
+            f"{_get(dp, 'max_grad_norm')}" + (f"; {phases}" if phases else "") + ".",
+            "",
+        ]
+    not_covered = list(dp.get("not_covered") or [])
+    if audit and audit.get("action") == "drop":
+        not_covered.insert(
+            0,
+            "**this dataset was filtered with `audit.action: drop`**: which generated images were published "
+            "depends on the private training images, so the ε above does not strictly hold for the published set",
+        )
+    if not_covered:
+        lines += ["Not covered by the guarantee:", "", *[f"- {item}" for item in not_covered], ""]
+    return lines
 
 
 def write_dataset_card(
@@ -163,7 +187,8 @@ def write_dataset_card(
 
     `provenance_summary` keys used: recipe_name, recipe_sha256, model_id, model_sha256, scheduler,
     steps, guidance_scale, synthgen_version. `audit_summary`: embedder, threshold, action, checked,
-    flagged, dropped, max_similarity (None = no audit). `dp`: epsilon, delta (None = not private).
+    flagged, dropped, max_similarity (None = no audit). `dp`: privacy.json (epsilon, delta, accountant,
+    covers, not_covered, ...; None = not private).
     `preview`: relative path of a sample grid to show under the class table.
     """
     formats = list(formats)
@@ -196,7 +221,7 @@ def write_dataset_card(
         *([f"![generated samples, one row per class]({preview})", ""] if preview else []),
         *_loading(formats),
         *_audit(audit_summary),
-        *_privacy(dp),
+        *_privacy(dp, audit_summary),
         "## Limitations",
         "",
         "- Synthetic images can look plausible yet be anatomically or clinically wrong; they are not "

@@ -16,7 +16,7 @@ from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
-from synthgen.plan import Job
+from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
 from synthgen.sample import Sample
 
@@ -72,8 +72,11 @@ class LoadedModel:
 
     @property
     def default_resolution(self) -> int:
-        """The side the pipeline was trained for: SDXL/SD3/FLUX say `default_sample_size`, SD 1.x its UNet."""
+        """The side the pipeline makes by default: its own `height` default, else sample size x VAE scale factor."""
         pipe = self.pipeline
+        height = inspect.signature(pipe.__call__).parameters.get("height")
+        if height is not None and isinstance(height.default, int):  # Kandinsky: fixed 512 default
+            return height.default
         sample_size = getattr(pipe, "default_sample_size", None)
         denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
         if not isinstance(sample_size, int) and denoiser is not None:
@@ -112,6 +115,11 @@ def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedMo
     if hasattr(pipeline, "safety_checker") and getattr(pipeline, "safety_checker", None) is not None:
         pipeline.safety_checker = None  # medical images trip NSFW filters; outputs are audited instead
     pipeline.set_progress_bar_config(disable=True)
+    if "prompt" not in inspect.signature(pipeline.__call__).parameters:
+        raise SynthgenError(
+            f"model {model_id}: {type(pipeline).__name__} does not take a text prompt (a decoder or prior alone?); "
+            "save the text-to-image pipeline, e.g. AutoPipelineForText2Image.from_pretrained(...).save_pretrained()"
+        )
     return LoadedModel(pipeline, model_id, model_sha256, Path(path), read_model_info(path))
 
 
@@ -125,13 +133,56 @@ def read_model_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def set_scheduler(pipeline, name: str) -> None:
+def is_flow_matching(pipeline) -> bool:
+    """FLUX / SD3-style models integrate a velocity field; DDPM-family samplers do not apply to them."""
+    return type(pipeline.scheduler).__name__.startswith("FlowMatch")
+
+
+def _allowed_schedulers(pipeline) -> tuple[str, ...]:
+    if is_flow_matching(pipeline):
+        return ("euler",)  # the flow-matching Euler sampler; FLUX passes custom sigmas that others refuse
+    if hasattr(pipeline, "decoder_pipe") or "movq" in pipeline.components:
+        return ("ddim", "ddpm", "dpm-solver++")  # Kandinsky's decoder never calls scale_model_input (Euler needs it)
+    return tuple(SCHEDULERS)
+
+
+def set_scheduler(pipeline, name: str, explicit: bool = True) -> str:
+    """Install sampler `name` (built from the pipeline's own scheduler config); returns the name used.
+
+    A flow-matching pipeline keeps its own flow-matching Euler sampler when the recipe did not choose one
+    (`explicit` False), since the recipe default `ddim` is a noise-prediction sampler.
+    """
     import diffusers
 
-    class_name, extra = SCHEDULERS[name]
+    allowed = _allowed_schedulers(pipeline)
+    if name not in allowed and not explicit:
+        name = allowed[0]
+    if name not in allowed:
+        kind = "a flow-matching model" if is_flow_matching(pipeline) else "this pipeline"
+        raise SynthgenError(
+            f"sampling.scheduler: '{name}' does not work with {type(pipeline).__name__} ({kind}); "
+            f"use {' or '.join(allowed)}"
+        )
     config = dict(pipeline.scheduler.config)
-    config["steps_offset"] = 1
-    pipeline.scheduler = getattr(diffusers, class_name).from_config(config, **extra)
+    if is_flow_matching(pipeline):
+        scheduler = type(pipeline.scheduler).from_config(config)
+    else:
+        class_name, extra = SCHEDULERS[name]
+        config["steps_offset"] = 1
+        scheduler = getattr(diffusers, class_name).from_config(config, **extra)
+    pipeline.scheduler = scheduler
+    if hasattr(pipeline, "decoder_pipe"):  # combined (prior + decoder) pipelines call their decoder's scheduler
+        pipeline.decoder_pipe.scheduler = scheduler
+    return name
+
+
+def size_multiple(pipeline) -> int:
+    """The side every output must be a multiple of: FLUX packs 2x2 latents, Kandinsky's MoVQ rounds to sf^2."""
+    decoder = getattr(pipeline, "decoder_pipe", pipeline)
+    if hasattr(decoder, "movq_scale_factor"):
+        return decoder.movq_scale_factor**2
+    scale = getattr(pipeline, "vae_scale_factor", 8)
+    return scale * 2 if getattr(pipeline, "transformer", None) is not None and is_flow_matching(pipeline) else scale
 
 
 class Generator:
@@ -145,8 +196,23 @@ class Generator:
         self.sampling = sampling
         self.resolution = sampling.resolution or model.default_resolution
         self.provenance = provenance
-        set_scheduler(model.pipeline, sampling.scheduler)
-        self._accepts = set(inspect.signature(model.pipeline.__call__).parameters)
+        pipeline = model.pipeline
+        self._accepts = set(inspect.signature(pipeline.__call__).parameters)
+        explicit = "scheduler" in sampling.model_fields_set
+        self.scheduler = set_scheduler(pipeline, sampling.scheduler, explicit)
+        multiple = size_multiple(pipeline)
+        if self.resolution % multiple:
+            raise SynthgenError(
+                f"sampling.resolution: {type(pipeline).__name__} makes sides that are multiples of {multiple}; "
+                f"{self.resolution} is not"
+            )
+        if sampling.negative_prompt and "true_cfg_scale" in self._accepts:
+            raise SynthgenError(
+                f"sampling.negative_prompt: {type(pipeline).__name__} is guidance-distilled (guidance_scale is an "
+                "input of the model, there is no unconditional pass to steer away from); remove the negative prompt"
+            )
+        if sampling.negative_prompt and "negative_prompt" not in self._accepts:
+            raise SynthgenError(f"sampling.negative_prompt: {type(pipeline).__name__} takes no negative prompt")
 
     def _call_kwargs(self, jobs: list[Job]) -> dict[str, Any]:
         import torch
@@ -159,8 +225,11 @@ class Generator:
             "height": self.resolution,
             "width": self.resolution,
             "output_type": "pil",
+            # Two-stage (Kandinsky): the prior that maps text to an image embedding gets the same settings.
+            "prior_num_inference_steps": self.sampling.steps,
+            "prior_guidance_scale": self.sampling.guidance_scale,
         }
-        if "negative_prompt" in self._accepts and self.sampling.negative_prompt:
+        if self.sampling.negative_prompt:
             kwargs["negative_prompt"] = [self.sampling.negative_prompt] * len(jobs)
         return {k: v for k, v in kwargs.items() if k in self._accepts}
 
@@ -175,12 +244,43 @@ class Generator:
         size = self.sampling.batch_size
         for start in range(0, len(jobs), size):
             batch = jobs[start : start + size]
+            kwargs = self._call_kwargs(batch)
             with torch.inference_mode():
-                images = self.model.pipeline(**self._call_kwargs(batch)).images
+                if "negative_prompt" in kwargs and hasattr(self.model.pipeline, "prior_pipe"):
+                    images = self._prior_then_decoder(batch, kwargs)
+                else:
+                    images = self.model.pipeline(**kwargs).images
             samples.extend(self._sample(job, image) for job, image in zip(batch, images, strict=True))
             if progress:
                 progress(len(samples), len(jobs))
         return samples
+
+    def _prior_then_decoder(self, jobs: list[Job], kwargs: dict[str, Any]) -> list[Any]:
+        """Kandinsky with a negative prompt: its prior runs prompts and negatives as one doubled batch, so it
+        needs a generator per negative too (seeded from the job) while the decoder keeps one per image."""
+        import torch
+
+        pipeline, generators = self.model.pipeline, kwargs["generator"]
+        negatives = [torch.Generator("cpu").manual_seed(derive_seed(job.seed, "negative")) for job in jobs]
+        image_embeds, negative_embeds = pipeline.prior_pipe(
+            prompt=kwargs["prompt"],
+            negative_prompt=kwargs["negative_prompt"],
+            num_inference_steps=kwargs["prior_num_inference_steps"],
+            guidance_scale=kwargs["prior_guidance_scale"],
+            generator=generators + negatives,
+            output_type="pt",
+            return_dict=False,
+        )
+        return pipeline.decoder_pipe(
+            image_embeds=image_embeds,
+            negative_image_embeds=negative_embeds,
+            height=self.resolution,
+            width=self.resolution,
+            num_inference_steps=self.sampling.steps,
+            guidance_scale=self.sampling.guidance_scale,
+            generator=generators,
+            output_type="pil",
+        ).images
 
     def _sample(self, job: Job, image) -> Sample:
         metadata = {
@@ -188,7 +288,7 @@ class Generator:
             "label": job.label,
             "prompt": job.prompt,
             "seed": job.seed,
-            "scheduler": self.sampling.scheduler,
+            "scheduler": self.scheduler,
             "steps": self.sampling.steps,
             "guidance_scale": self.sampling.guidance_scale,
             "width": image.width,
