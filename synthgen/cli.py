@@ -178,76 +178,172 @@ def build(
 @user_errors
 def train(
     recipe: RecipeArg,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write.")],
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing pipeline folder at --out.")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Pipeline folder to write (and resume in).")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over in a folder that holds a pipeline or another run's checkpoints.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or mps.")] = "auto",
 ) -> None:
-    """Train the recipe's MSDM (model.train) and save it as a diffusers pipeline folder."""
+    """Train the recipe's MSDM (model.train) or LoRA (model.lora) into a pipeline folder; a rerun resumes."""
+    from synthgen.generate import pick_device
     from synthgen.sources import open_source
-    from synthgen.train import train_msdm
+    from synthgen.train import train_from_recipe
+    from synthgen.training.checkpoints import latest_checkpoint_name
 
     loaded = _load(recipe)
-    config = loaded.recipe.model.train
+    config = loaded.recipe.model.train or loaded.recipe.model.lora
     if config is None:
-        raise SynthgenError(f"{recipe}: model.train: this recipe uses a pretrained model; nothing to train")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        if not (out_dir / "model_index.json").is_file():
-            raise SynthgenError(f"--out: {out_dir} exists and is not a pipeline folder; choose a new or empty folder")
-        if not overwrite:
-            raise SynthgenError(f"--out: {out_dir} already holds a pipeline; pass --overwrite to replace it")
+        raise SynthgenError(f"{recipe}: model: this recipe uses a pretrained model as is; nothing to train")
+    if device not in ("auto", "cpu", "cuda", "mps"):
+        raise SynthgenError(f"--device: '{device}' is not one of auto, cpu, cuda, mps")
+    try:
+        pick_device(device)
+    except SynthgenError:
+        raise SynthgenError(f"--device: '{device}' is not available on this machine") from None
     source = open_source(config.data, loaded.base_dir)
     with _progress_bars() as bars:
-        train_msdm(config, source, out_dir, RichReporter(bars).progress)
+        reporter = RichReporter(bars)
+        try:
+            if loaded.recipe.model.lora is not None:
+                from synthgen.training.lora import train_lora
+
+                train_lora(loaded, source, out_dir, reporter.progress, device, overwrite=overwrite)
+            else:
+                train_from_recipe(
+                    loaded, source, out_dir, reporter.progress, device, overwrite=overwrite, notify=reporter.log
+                )
+        except KeyboardInterrupt:
+            reporter.finish()
+            last = latest_checkpoint_name(out_dir)
+            where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
+            console.print(
+                f"[yellow]interrupted:[/] {where}; run the same command to resume",
+                highlight=False,
+            )
+            raise typer.Exit(130) from None
+        reporter.finish()
     out.print(f"[green]saved[/] {escape(str(out_dir))} (load it with diffusers.DiffusionPipeline.from_pretrained)")
+
+
+def _open_flag(flag: str, value: str) -> Any:
+    """Open a data source named on the command line; errors name the flag."""
+    from synthgen.sources import open_source
+
+    try:
+        return open_source(value, Path.cwd())
+    except SynthgenError as error:
+        raise SynthgenError(f"{flag}: {error}") from None
 
 
 @app.command()
 @user_errors
 def audit(
     train: Annotated[str, typer.Option(help="Training data: folder, .parquet, .tar, synthgen output or 'demo'.")],
-    candidates: Annotated[str, typer.Option(help="Images to check: same kinds as --train.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for audit.parquet, summary.json, report.html.")],
-    embedder: Annotated[str, typer.Option(help="Image embedder.")] = "pixel",
-    threshold: Annotated[float, typer.Option(help="Similarity at or above which a candidate is a copy.")] = 0.95,
+    candidates: Annotated[
+        str | None, typer.Option(help="Images to check for copies (same kinds as --train); optional with --model.")
+    ] = None,
+    holdout: Annotated[
+        str | None,
+        typer.Option(help="Real images of the same domain never trained on: reference for the privacy metrics."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Diffusers pipeline folder trained on --train: run membership inference (needs --holdout)."),
+    ] = None,
+    max_images: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most this many images per side for --model, and holdout images for metrics."),
+    ] = None,
+    embedder: Annotated[
+        str, typer.Option(help="Copy detector: copydetect (default: local features + geometry) or an embedder (pixel).")
+    ] = "copydetect",
+    threshold: Annotated[
+        str, typer.Option(help="Similarity at or above which a candidate is a copy, or 'auto' (from the training set).")
+    ] = "auto",
     show_training_images: Annotated[
         bool, typer.Option(help="Put the matched training images in report.html (off: privacy).")
     ] = False,
 ) -> None:
-    """Find each candidate's nearest training image and flag copies (memorization audit)."""
-    from synthgen.audit import run_audit
-    from synthgen.sources import open_source
+    """Flag candidates that copy a training image, measure privacy metrics, and test membership inference."""
+    from synthgen.audit.privacy import run_privacy_audit
 
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthgenError(f"--out: {out_dir} exists and is a file, not a folder")
-    sources = {}
-    for flag, value in (("--train", train), ("--candidates", candidates)):
-        try:
-            sources[flag] = open_source(value, Path.cwd())
-        except SynthgenError as error:
-            raise SynthgenError(f"{flag}: {error}") from None
-    train_source, candidate_source = sources["--train"], sources["--candidates"]
+    if candidates is None and model is None:
+        raise SynthgenError("nothing to audit: give --candidates (copy audit) and/or --model (membership inference)")
+    if model is not None:
+        if holdout is None:
+            raise SynthgenError("--model needs --holdout: images of the same domain that the model never saw")
+        if not model.is_dir():
+            raise SynthgenError(f"--model: {model} is not a folder")
+        if not (model / "model_index.json").is_file():
+            raise SynthgenError(f"--model: {model} is not a diffusers pipeline folder (no model_index.json)")
+    train_source = _open_flag("--train", train)
+    candidate_source = None if candidates is None else _open_flag("--candidates", candidates)
+    holdout_source = None if holdout is None else _open_flag("--holdout", holdout)
     with _progress_bars() as bars:
-        summary = run_audit(
+        reporter = RichReporter(bars)
+        summary = run_privacy_audit(
             train_source,
             candidate_source,
             out_dir,
+            holdout=holdout_source,
+            model=model,
             embedder=embedder,
             threshold=threshold,
             show_training_images=show_training_images,
-            progress=RichReporter(bars).progress,
+            max_images=max_images,
+            progress=reporter.progress,
         )
+        reporter.finish()
+    _print_audit(summary)
+    out.print(f"report: {out_dir / 'report.html'}", markup=False)
+
+
+def _print_audit(summary: dict[str, Any]) -> None:
+    """The headline numbers of each part that ran, and the unreadable images (first 20 per set)."""
+    if "n_candidates" in summary:
+        out.print(
+            f"{summary['n_flagged']} of {summary['n_candidates']} candidates flagged "
+            f"(similarity >= {summary['threshold']}); nearest-neighbour p95 {summary['similarity']['p95']}",
+            highlight=False,
+        )
+    metrics = summary.get("metrics") or {}
+    share = metrics.get("holdout")
+    if share:
+        low, high = share["ci95"]
+        c_t = (metrics.get("data_copying") or {}).get("C_T")
+        out.print(
+            f"holdout share {share['share_nearer_train']} (95% CI {low}-{high}, ideal 0.5); C_T {c_t}; "
+            f"authentic {metrics['authenticity']['share_authentic']} "
+            f"(holdout {metrics['authenticity']['holdout_share_authentic']})",
+            highlight=False,
+        )
+    membership = summary.get("membership")
+    if membership:
+        for name, attack in membership["attacks"].items():
+            point = attack["exact_point"]
+            out.print(
+                f"membership {name}: AUC {attack['auc']:.3f}, TPR at 1% FPR {attack['tpr_at_1pct_fpr']:.3f} "
+                f"(exact: TPR {point['tpr']:.3f} at FPR {point['fpr']:.3f}; {membership['n_members']} members, "
+                f"{membership['n_nonmembers']} non-members)",
+                highlight=False,
+            )
     skipped = summary.get("skipped", {})
-    out.print(
-        f"{summary['n_flagged']} of {summary['n_candidates']} candidates flagged "
-        f"(similarity >= {summary['threshold']}); nearest-neighbour p95 {summary['similarity']['p95']}",
-        highlight=False,
-    )
-    for side in ("train", "candidates"):
-        items = skipped.get(side, {}).get("items", []) if isinstance(skipped, dict) else []
+    sides = [(f"--{side}", skipped.get(side, {}).get("items", [])) for side in ("train", "candidates")]
+    holdout_info = summary.get("holdout") or {}
+    sides.append(("--holdout", holdout_info.get("skipped", {}).get("items", [])))
+    if membership:
+        sides += [
+            (f"--{side} (membership)", membership["skipped"][key]["items"])
+            for side, key in (("train", "members"), ("holdout", "nonmembers"))
+        ]
+    for flag, items in sides:
         if items:
-            console.print(f"[yellow]skipped {len(items)} unreadable image(s) in --{side}:[/]")
+            console.print(f"[yellow]skipped {len(items)} unreadable image(s) in {escape(flag)}:[/]")
             for item in items[:20]:
                 console.print(f"  {item['key']}: {item['reason']}", markup=False, highlight=False)
-    out.print(f"report: {out_dir / 'report.html'}", markup=False)
 
 
 @app.command()
