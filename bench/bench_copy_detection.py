@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from copyset import CopySet, MemorySource, build_copyset  # noqa: E402
+from copyset import CopySet, build_copyset  # noqa: E402
 
 from synthgen.audit.auditor import get_detector  # noqa: E402
 from synthgen.audit.calibrate import calibrate  # noqa: E402
+from synthgen.sources.memory import MemorySource  # noqa: E402
 
 TARGET_FPR = 0.01
 

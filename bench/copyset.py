@@ -19,15 +19,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
-
-from synthgen.sample import Sample
-from synthgen.sources.base import Source
 
 GAP = 0.1  # fraction of each centre's ordered items dropped between its train and novel parts
 NOVEL_ONLY = frozenset({"C2"})  # centres whose numbering does not follow the videos: all novel
@@ -195,21 +192,3 @@ def _subsample(rows: list[dict[str, str]], n: int | None, rng: np.random.Generat
     if n is None or n >= len(rows):
         return rows
     return [rows[i] for i in sorted(rng.choice(len(rows), size=n, replace=False))]
-
-
-class MemorySource(Source):
-    """(key, image) pairs as a synthgen Source, so detectors fit on them like on any reader."""
-
-    def __init__(self, items: list[tuple[str, Image.Image]], description: str = "copy set") -> None:
-        super().__init__(description=description)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _iter_samples(self) -> Iterator[Sample]:
-        for key, image in self.items:
-            yield Sample(key, image)
-
-    def fingerprint(self) -> str:
-        return f"memory:{self.description}:{len(self.items)}"

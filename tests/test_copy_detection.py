@@ -7,7 +7,7 @@ import importlib.util
 import io
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from synthgen.audit.calibrate import SequenceNeighbours, calibrate
 from synthgen.audit.copydetect import CopyDetector
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
-from synthgen.sources import Source
+from synthgen.sources.memory import MemorySource
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,29 +78,13 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image]] = {
 }
 
 
-class ListSource(Source):
-    def __init__(self, items: list[tuple[str, Image.Image]], description: str = "test") -> None:
-        super().__init__(description=description)
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _iter_samples(self) -> Iterator[Sample]:
-        for key, image in self.items:
-            yield Sample(key, image, label="x")
-
-    def fingerprint(self) -> str:
-        return "fp-" + self.description
-
-
 TRAIN = [(f"tex_{i:03d}", texture(i)) for i in range(40)]
 
 
 @pytest.fixture(scope="module")
 def detector() -> CopyDetector:
     fitted = CopyDetector()
-    fitted.fit(ListSource(TRAIN))
+    fitted.fit(MemorySource(TRAIN))
     return fitted
 
 
@@ -126,7 +110,7 @@ def test_exclusions_skip_the_source(detector: CopyDetector) -> None:
 
 def test_a_shared_overlay_does_not_make_images_copies() -> None:
     stamped = CopyDetector()
-    stamped.fit(ListSource([(key, overlay(image)) for key, image in TRAIN]))
+    stamped.fit(MemorySource([(key, overlay(image)) for key, image in TRAIN]))
     assert len(stamped.common) > 0  # the text box was learnt as common structure
     novel = [overlay(texture(2000 + i)) for i in range(16)]
     assert max(s for s, _ in stamped.match(novel)) < CopyDetector.default_threshold
@@ -150,7 +134,7 @@ def smooth(seed: int) -> Image.Image:
 
 def test_textureless_copies_are_caught_by_pixels() -> None:
     smooth_detector = CopyDetector()
-    smooth_detector.fit(ListSource([(f"blob_{i}", smooth(i)) for i in range(20)]))
+    smooth_detector.fit(MemorySource([(f"blob_{i}", smooth(i)) for i in range(20)]))
     exact, flipped, other = smooth_detector.match(
         [smooth(4), smooth(7).transpose(Image.Transpose.FLIP_LEFT_RIGHT), smooth(999)]
     )
@@ -160,8 +144,8 @@ def test_textureless_copies_are_caught_by_pixels() -> None:
 
 
 def test_auto_threshold_is_calibrated_and_recorded(tmp_path: Path) -> None:
-    candidates = ListSource([("copy", EDITS["crop75"](TRAIN[2][1])), ("new", texture(3000))], "candidates")
-    summary = run_audit(ListSource(TRAIN, "train"), candidates, tmp_path)
+    candidates = MemorySource([("copy", EDITS["crop75"](TRAIN[2][1])), ("new", texture(3000))], "candidates")
+    summary = run_audit(MemorySource(TRAIN, "train"), candidates, tmp_path)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     calibration = on_disk["detector"]["calibration"]
     assert on_disk["embedder"] == "copydetect" and on_disk["detector"]["threshold_mode"] == "auto"
@@ -171,7 +155,7 @@ def test_auto_threshold_is_calibrated_and_recorded(tmp_path: Path) -> None:
 
 
 def test_fixed_threshold_and_pixel_detector_remain_available() -> None:
-    source = ListSource(TRAIN[:10])
+    source = MemorySource(TRAIN[:10])
     fixed = Auditor.from_source(source, threshold=0.6)
     assert fixed.threshold == 0.6 and fixed.calibration is None and fixed.detector.name == "copydetect"
     pixel = Auditor.from_source(source, "pixel", "0.95")
@@ -227,7 +211,7 @@ class StubDetector:
 def test_calibration_quantile_bounds_and_near_duplicates() -> None:
     stub = StubDetector()
     tiny = Image.new("RGB", (4, 4))
-    source = ListSource([(key, tiny) for key in stub.keys])
+    source = MemorySource([(key, tiny) for key in stub.keys])
     threshold, info = calibrate(stub, source, target_fpr=0.01)  # type: ignore[arg-type]
     chance = np.linspace(0.1, 0.6, 200)
     assert info["n"] == 202 and info["n_near_duplicates"] == 2
@@ -257,7 +241,7 @@ def test_real_colonoscopy_copies_at_the_default_threshold(real_data_dir: Path) -
     """150 training frames, 5 copies per edit kind (60), 150 frames of other sequences and centres."""
     copyset = _copyset_module()
     data = copyset.build_copyset(real_data_dir / "colonoscopy-real", n_train=150, n_edit=5, n_novel=150, seed=1)
-    auditor = Auditor.from_source(ListSource(data.train, "train"))  # the defaults: copydetect, threshold auto
+    auditor = Auditor.from_source(MemorySource(data.train, "train"))  # the defaults: copydetect, threshold auto
     positives = [(source, image) for items in data.positives.values() for source, image in items]
     copies = auditor.check([Sample(f"copy_{i}", image) for i, (_, image) in enumerate(positives)])
     novel = auditor.check([Sample(key, image) for key, image in data.negatives])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ from synthgen.audit.membership import MIAConfig, attack_metrics, auc_score, roc_
 from synthgen.cli import app
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
-from synthgen.sources import Skipped, Source
 from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
+from synthgen.sources.memory import MemorySource
 
 RESOLUTION = 32
 OVERFIT_STEPS = 80
@@ -61,22 +60,6 @@ def test_attack_metrics_report_the_resolution_of_the_1pct_point() -> None:
 
 
 # --- an overfit model --------------------------------------------------------------------------------------
-
-
-class ListSource(Source):
-    """In-memory samples; `bad` keys are reported as unreadable, as a reader meeting corrupt files does."""
-
-    def __init__(self, samples: list[Sample], bad: tuple[str, ...] = ()) -> None:
-        super().__init__(description="test")
-        self.samples, self.bad = samples, bad
-
-    def _iter_samples(self) -> Iterator[Sample]:
-        for key in self.bad:
-            self.skipped.append(Skipped(key, "cannot decode image: corrupt"))
-        yield from self.samples
-
-    def fingerprint(self) -> str:
-        return "test"
 
 
 def phantoms(start: int, n: int) -> list[Sample]:
@@ -148,8 +131,8 @@ def overfit_model(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_members_of_an_overfit_model_are_detected(overfit_model: Path) -> None:
-    members = ListSource(MEMBERS, bad=("broken.png",))
-    summary, member_scores, _ = run_membership(overfit_model, members, ListSource(NONMEMBERS), MIAConfig())
+    members = MemorySource(MEMBERS, unreadable=("broken.png",))
+    summary, member_scores, _ = run_membership(overfit_model, members, MemorySource(NONMEMBERS), MIAConfig())
     json.dumps(summary, allow_nan=False)
     assert summary["n_members"] == 4 and summary["n_nonmembers"] == 8 and summary["resolution"] == RESOLUTION
     loss = summary["attacks"]["loss"]
@@ -162,7 +145,9 @@ def test_members_of_an_overfit_model_are_detected(overfit_model: Path) -> None:
         "items": [{"key": "broken.png", "reason": "cannot decode image: corrupt"}],
     }
     assert member_scores.keys == [s.key for s in MEMBERS]
-    again, _, _ = run_membership(overfit_model, ListSource(MEMBERS), ListSource(NONMEMBERS), MIAConfig(max_images=2))
+    again, _, _ = run_membership(
+        overfit_model, MemorySource(MEMBERS), MemorySource(NONMEMBERS), MIAConfig(max_images=2)
+    )
     assert again["n_members"] == 2 and again["n_nonmembers"] == 2
     assert (
         again["attacks"]["loss"]["median"]["members"]

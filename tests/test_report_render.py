@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +17,10 @@ from synthgen.audit import privacy
 from synthgen.audit.membership import MIAConfig, ScoreSet, membership_summary
 from synthgen.audit.privacy import run_privacy_audit
 from synthgen.sample import Sample
-from synthgen.sources import Skipped, Source
 from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
+from synthgen.sources.memory import MemorySource
 
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
-
-
-class ListSource(Source):
-    def __init__(self, samples: list[Sample], bad: tuple[str, ...] = (), description: str = "test") -> None:
-        super().__init__(description=description)
-        self.samples, self.bad = samples, bad
-
-    def _iter_samples(self) -> Iterator[Sample]:
-        for key in self.bad:
-            self.skipped.append(Skipped(key, "cannot decode image: corrupt"))
-        yield from self.samples
-
-    def fingerprint(self) -> str:
-        return "fingerprint-" + self.description
 
 
 def phantoms(start: int, n: int, prefix: str) -> list[Sample]:
@@ -48,13 +33,15 @@ def phantoms(start: int, n: int, prefix: str) -> list[Sample]:
 
 
 @pytest.fixture(scope="module")
-def sets() -> dict[str, ListSource]:
+def sets() -> dict[str, MemorySource]:
     train = phantoms(0, 60, "train")
     copies = [Sample(f"copy-{s.key}", s.image, s.text, s.label) for s in train[:4]]
     return {
-        "train": ListSource(train, description="train"),
-        "holdout": ListSource(phantoms(1000, 45, "holdout"), bad=("holdout/broken.png",), description="holdout"),
-        "candidates": ListSource(copies + phantoms(2000, 41, "new"), description="candidates"),
+        "train": MemorySource(train, description="train"),
+        "holdout": MemorySource(
+            phantoms(1000, 45, "holdout"), unreadable=("holdout/broken.png",), description="holdout"
+        ),
+        "candidates": MemorySource(copies + phantoms(2000, 41, "new"), description="candidates"),
     }
 
 

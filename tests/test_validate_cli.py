@@ -267,7 +267,11 @@ BAD: list[Bad] = [
         mutate(BASE, sampling__guidance_scale=-1),
         ("sampling.guidance_scale", "greater than or equal to 0"),
     ),
-    Bad("threshold-above-1", mutate(BASE, audit__threshold=2), ("audit.threshold", "must be a similarity in (-1, 1] or auto (got 2)")),
+    Bad(
+        "threshold-above-1",
+        mutate(BASE, audit__threshold=2),
+        ("audit.threshold", "must be a similarity in (-1, 1] or auto (got 2)"),
+    ),
     Bad("formats-zip", mutate(BASE, output__formats=["zip"]), ("output.formats[0]", "'zip'")),
     Bad("formats-empty", mutate(BASE, output__formats=[]), ("output.formats", "at least 1")),
     Bad("image-format-gif", mutate(BASE, output__image_format="gif"), ("output.image_format", "'gif'")),
