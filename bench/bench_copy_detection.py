@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from copyset import CopySet, build_copyset  # noqa: E402
 
-from synthgen.audit.auditor import get_detector  # noqa: E402
-from synthgen.audit.calibrate import calibrate  # noqa: E402
+from synthgen.audit.detection.calibrate import calibrate  # noqa: E402
+from synthgen.audit.detection.detector import get_detector  # noqa: E402
 from synthgen.sources.memory import MemorySource  # noqa: E402
 
 TARGET_FPR = 0.01

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from synthgen.audit.index import TrainIndex  # noqa: E402
+from synthgen.audit.index.train_index import TrainIndex  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -40,11 +40,11 @@ def steps(preset_name: str, resolution: int, batch: int, n: int, threads: int) -
     from synthgen.recipe import TextEncoderConfig, TrainingConfig
     from synthgen.sources import open_source
     from synthgen.sources.spec import SourceSpec
-    from synthgen.training import msdm
+    from synthgen.training import msdm_phases
     from synthgen.training.checkpoints import CheckpointStore
     from synthgen.training.data import decode_training_data
     from synthgen.training.loop import LoopSettings, run_phase
-    from synthgen.training.report import TrainingLog
+    from synthgen.training.training_log import TrainingLog
 
     torch.set_num_threads(threads)
     preset = PRESETS[preset_name]
@@ -59,13 +59,13 @@ def steps(preset_name: str, resolution: int, batch: int, n: int, threads: int) -
         log = TrainingLog(Path(work) / "log.jsonl", ["vae", "unet"])
         store = CheckpointStore(Path(work) / "ckpt")
         vae = build_vae(preset, resolution)
-        run_phase(msdm.vae_phase(vae, data, empty, config, device), settings, store, log)
+        run_phase(msdm_phases.vae_phase(vae, data, empty, config, device), settings, store, log)
         vae.requires_grad_(False)
-        latents = msdm.encode_latents(vae, data, device)
+        latents = msdm_phases.encode_latents(vae, data, device)
         text = make_text_encoder(TextEncoderConfig(), preset, captions=data.captions, prompts=[], private=False)
         unet = build_unet(preset, resolution, vae=vae, cross_attention_dim=text.hidden_size)
-        phase = msdm.unet_phase(
-            msdm.Denoiser(unet, text), (latents, text.tokenize(data.captions)), None, config, device
+        phase = msdm_phases.unet_phase(
+            msdm_phases.Denoiser(unet, text), (latents, text.tokenize(data.captions)), None, config, device
         )
         run_phase(phase, settings, store, log)
         per_step = {}

@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from synthgen.models.resolve import resolve_model
 from synthgen.recipe import load_recipe
+from synthgen.resolve import resolve_model
 from synthgen.sources import open_source
 from synthgen.sources.base import Source
 

@@ -16,25 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
-from synthgen.atomic import atomic_path, write_json, write_text
+from synthgen.atomic import atomic_path, write_json
 from synthgen.errors import SynthgenError
+from synthgen.output.folder import OutputFolder
 from synthgen.plan import Job, Plan, Shard, make_plan
 from synthgen.recipe import LoadedRecipe
+from synthgen.runtime import Reporter, pick_device
 from synthgen.sample import Sample
-from synthgen.validate import check_output_dir
-
-STATE_DIR = ".synthgen"
-OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml", "preview.png")
-
-
-class Reporter:
-    """What a build tells the user; the CLI passes a rich implementation, Python callers may pass none."""
-
-    def log(self, message: str, warning: bool = False) -> None:  # noqa: B027 - optional hook
-        """Plain text (no markup); `warning` marks something the user should look at."""
-
-    def progress(self, stage: str, done: int, total: int | None) -> None:  # noqa: B027 - optional hook
-        pass
 
 
 @dataclass
@@ -47,40 +35,6 @@ class BuildResult:
     model_id: str
     audit_summary: dict[str, Any] | None
     shortfall: dict[str, int] = field(default_factory=dict)
-
-
-def prepare_output(out_dir: Path, loaded: LoadedRecipe, overwrite: bool) -> None:
-    """Claim the output folder for this recipe (`check_output_dir` decides whether that is allowed)."""
-    check_output_dir(out_dir, loaded, overwrite)
-    state_file = out_dir / STATE_DIR / "build.json"
-    if state_file.is_file() and json.loads(state_file.read_text()).get("recipe_sha256") == loaded.sha256:
-        return
-    if state_file.is_file():  # another recipe's build, and --overwrite was given
-        for name in OWNED:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(state_file, {"recipe_sha256": loaded.sha256, "recipe_name": loaded.recipe.name})
-
-
-def lock_output(out_dir: Path):
-    """Hold an exclusive lock on the output folder for this process, so two builds never interleave shards."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks; builds there are not guarded
-        return None
-    handle = open(out_dir / STATE_DIR / "lock", "w")  # noqa: SIM115 - held open until the process ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise SynthgenError(
-            f"{out_dir}: another synthgen build is writing here; wait for it or use another --out"
-        ) from None
-    return handle
 
 
 class ShardBuilder:
@@ -106,12 +60,7 @@ class ShardBuilder:
                 break
             retry: list[Job] = []
             for job, sample, verdict in zip(pending, samples, self.auditor.check(samples), strict=True):
-                sample.metadata.update(
-                    audit_embedder=self.auditor.detector.name,
-                    audit_threshold=self.auditor.threshold,
-                    audit_similarity=verdict.similarity,
-                    audit_flagged=verdict.flagged,
-                )
+                sample.metadata.update(self.auditor.sample_metadata(verdict))
                 drop = verdict.flagged and audit.action == "drop"
                 log.add(sample, verdict, dropped=drop, attempt=job.attempt)
                 if not drop:
@@ -153,15 +102,7 @@ def _auditor(loaded: LoadedRecipe, reporter: Reporter):
     spec = loaded.recipe.audit_data()
     if spec is None:
         return None
-    audit = loaded.recipe.audit
-    auditor = Auditor.from_source(
-        open_source(spec, loaded.base_dir),
-        audit.embedder,
-        audit.threshold,
-        reporter.progress,
-        target_fpr=audit.target_fpr,
-        index=audit.index,
-    )
+    auditor = Auditor.from_recipe(open_source(spec, loaded.base_dir), loaded.recipe.audit, reporter.progress)
     if auditor.train_skipped:
         first = auditor.train_skipped[0]
         reporter.log(
@@ -180,18 +121,19 @@ def build(
     reporter: Reporter | None = None,
 ) -> BuildResult:
     """Build (or resume) the dataset a recipe describes; returns what was written."""
-    from synthgen.generate import Generator, load_model, pick_device, read_model_info
-    from synthgen.models.resolve import resolve_model
-    from synthgen.shards import ShardSet, load_completed
+    from synthgen.generate import Generator
+    from synthgen.models.loading import load_model, read_model_info
+    from synthgen.output.shard_set import ShardSet, load_completed
+    from synthgen.resolve import resolve_model
 
     reporter = reporter or Reporter()
     recipe = loaded.recipe
-    out = loaded.output_dir(out_dir)
+    folder = OutputFolder(loaded.output_dir(out_dir))
+    out = folder.path
     plan = make_plan(recipe)
     device = pick_device(recipe.sampling.device)
-    prepare_output(out, loaded, overwrite)
-    lock = lock_output(out)
-    try:
+    folder.claim(loaded, overwrite)
+    with folder.lock():
         with atomic_path(out / "recipe.yaml") as tmp:
             shutil.copyfile(loaded.path, tmp)
         resolved = resolve_model(loaded, reporter.progress)
@@ -213,7 +155,7 @@ def build(
         records = {}
         written = resumed = 0
         for shard in plan.shards:
-            state_file = _audit_state(out, shard.index)
+            state_file = folder.audit_state(shard.index)
             previous = on_disk.get(shard.index)
             if shard_set.is_complete(shard.index, previous) and (auditor is None or state_file.is_file()):
                 records[shard.index] = previous
@@ -225,28 +167,20 @@ def build(
                     write_json(state_file, log.state())
                 written += 1
             reporter.progress("shards", written + resumed, len(plan.shards))
-        result = _finish(loaded, out, plan, records, auditor, provenance, dp)
-    finally:
-        if lock is not None:
-            lock.close()
+        result = _finish(loaded, folder, plan, records, auditor, provenance, dp)
     result.shards_written, result.shards_resumed = written, resumed
     return result
 
 
-def _audit_state(out: Path, index: int) -> Path:
-    return out / STATE_DIR / "audit" / f"shard-{index:05d}.json"
-
-
 def _finish(
-    loaded: LoadedRecipe, out: Path, plan: Plan, records: dict, auditor, provenance: dict, dp: dict | None
+    loaded: LoadedRecipe, folder: OutputFolder, plan: Plan, records: dict, auditor, provenance: dict, dp: dict | None
 ) -> BuildResult:
     """Everything that describes the finished shards (`records`, by index): audit report, manifest, card."""
-    from synthgen.audit import AuditLog
-    from synthgen.card import write_dataset_card
-    from synthgen.preview import write_preview
-    from synthgen.shards import write_manifest
+    from synthgen.output.dataset_card import write_dataset_card
+    from synthgen.output.manifest import write_manifest
+    from synthgen.output.preview import write_preview
 
-    recipe = loaded.recipe
+    recipe, out = loaded.recipe, folder.path
     class_counts: dict[str, int] = {}
     for record in records.values():
         for label, n in record.class_counts.items():
@@ -254,21 +188,8 @@ def _finish(
     wanted = plan.class_counts()
     shortfall = {label: n - class_counts.get(label, 0) for label, n in wanted.items() if class_counts.get(label, 0) < n}
 
-    audit_summary = audit_brief = None
-    if auditor is not None:
-        final_log = AuditLog(auditor)
-        for shard in plan.shards:
-            final_log.merge(json.loads(_audit_state(out, shard.index).read_text()))
-        audit_summary = final_log.write(out / "audit", candidates_skipped=[], extra={"action": recipe.audit.action})
-        audit_brief = {
-            "embedder": audit_summary["embedder"],
-            "threshold": audit_summary["threshold"],
-            "action": recipe.audit.action,
-            "checked": audit_summary["n_candidates"],
-            "flagged": audit_summary["n_flagged"],
-            "dropped": audit_summary["n_dropped"],
-            "max_similarity": audit_summary["similarity"]["max"],
-        }
+    audit_summary = _write_audit_report(folder, plan, auditor, recipe.audit.action) if auditor else None
+    audit_brief = _audit_brief(audit_summary, recipe.audit.action) if audit_summary else None
     model = {"id": provenance["model_id"], "sha256": provenance["model_sha256"]}
     write_manifest(
         out,
@@ -302,5 +223,28 @@ def _finish(
         dp=dp,
         preview=preview.name if preview else None,
     )
-    write_text(out / STATE_DIR / "done", "complete\n")
+    folder.mark_done()
     return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall)
+
+
+def _write_audit_report(folder: OutputFolder, plan: Plan, auditor, action: str) -> dict[str, Any]:
+    """One audit report over every shard's saved rows (so a resumed build's report covers all of them)."""
+    from synthgen.audit import AuditLog
+
+    final_log = AuditLog(auditor)
+    for shard in plan.shards:
+        final_log.merge(json.loads(folder.audit_state(shard.index).read_text()))
+    return final_log.write(folder.path / "audit", candidates_skipped=[], extra={"action": action})
+
+
+def _audit_brief(summary: dict[str, Any], action: str) -> dict[str, Any]:
+    """The audit's headline numbers, as the manifest and the dataset card show them."""
+    return {
+        "embedder": summary["embedder"],
+        "threshold": summary["threshold"],
+        "action": action,
+        "checked": summary["n_candidates"],
+        "flagged": summary["n_flagged"],
+        "dropped": summary["n_dropped"],
+        "max_similarity": summary["similarity"]["max"],
+    }

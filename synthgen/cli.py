@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
+from synthgen.runtime import Reporter
 
 app = typer.Typer(
     name="synthgen",
@@ -69,7 +70,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """Maps pipeline progress callbacks (stage, done, total) onto rich progress bars, one per stage."""
 
     def __init__(self, progress: Progress):
@@ -185,10 +186,9 @@ def train(
     device: Annotated[str, typer.Option(help="auto (a GPU when there is one), cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Train the recipe's MSDM (model.train) or LoRA (model.lora) into a pipeline folder; a rerun resumes."""
-    from synthgen.generate import pick_device
+    from synthgen import train as training
+    from synthgen.runtime import pick_device
     from synthgen.sources import open_source
-    from synthgen.train import train_from_recipe
-    from synthgen.training.checkpoints import latest_checkpoint_name
 
     loaded = _load(recipe)
     config = loaded.recipe.model.train or loaded.recipe.model.lora
@@ -204,17 +204,12 @@ def train(
     with _progress_bars() as bars:
         reporter = RichReporter(bars)
         try:
-            if loaded.recipe.model.lora is not None:
-                from synthgen.training.lora import train_lora
-
-                train_lora(loaded, source, out_dir, reporter.progress, device, overwrite=overwrite)
-            else:
-                train_from_recipe(
-                    loaded, source, out_dir, reporter.progress, device, overwrite=overwrite, notify=reporter.log
-                )
+            training.train_from_recipe(
+                loaded, source, out_dir, reporter.progress, device, overwrite=overwrite, notify=reporter.log
+            )
         except KeyboardInterrupt:
             reporter.finish()
-            last = latest_checkpoint_name(out_dir)
+            last = training.last_checkpoint(out_dir)
             where = f"the last checkpoint is {last}" if last else "no checkpoint was written yet"
             console.print(
                 f"[yellow]interrupted:[/] {where}; run the same command to resume",
@@ -266,7 +261,7 @@ def audit(
     ] = False,
 ) -> None:
     """Flag candidates that copy a training image, measure privacy metrics, and test membership inference."""
-    from synthgen.audit.privacy import run_privacy_audit
+    from synthgen.audit.entry import run_audit
 
     if out_dir.exists() and not out_dir.is_dir():
         raise SynthgenError(f"--out: {out_dir} exists and is a file, not a folder")
@@ -284,7 +279,7 @@ def audit(
     holdout_source = None if holdout is None else _open_flag("--holdout", holdout)
     with _progress_bars() as bars:
         reporter = RichReporter(bars)
-        summary = run_privacy_audit(
+        summary = run_audit(
             train_source,
             candidate_source,
             out_dir,
@@ -350,7 +345,7 @@ def _print_audit(summary: dict[str, Any]) -> None:
 @user_errors
 def inspect(out_dir: Annotated[Path, typer.Argument(help="A synthgen output folder.")]) -> None:
     """Count samples per class and shard and re-verify every shard's checksum against the manifest."""
-    from synthgen.inspect import inspect_output, render_inspect
+    from synthgen.output.verify import inspect_output, render_inspect
 
     result = inspect_output(out_dir)
     render_inspect(result, out)

@@ -7,17 +7,15 @@ only on (model, prompt, seed, sampler settings), not on batch size, batch neighb
 from __future__ import annotations
 
 import inspect
-import json
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
+from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
+from synthgen.runtime import use_all_cores
 from synthgen.sample import Sample
 
 SCHEDULERS = {
@@ -26,111 +24,6 @@ SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
     "ddpm": ("DDPMScheduler", {}),
 }
-
-
-def pick_device(requested: str = "auto"):
-    """`auto` prefers CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error."""
-    import torch
-
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if requested == "auto":
-        requested = next(name for name in ("cuda", "mps", "cpu") if available[name])
-    if not available[requested]:
-        raise SynthgenError(f"sampling.device: '{requested}' is not available on this machine")
-    return torch.device(requested)
-
-
-def pick_dtype(device):
-    """Half precision on accelerators (bf16 where supported: no fp16 VAE overflow), fp32 on CPU."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
-
-
-@dataclass
-class LoadedModel:
-    """A pipeline ready to sample, plus what provenance needs to know about it."""
-
-    pipeline: Any
-    model_id: str
-    model_sha256: str
-    path: Path
-    info: dict[str, Any]
-
-    @property
-    def dp(self) -> dict[str, Any] | None:
-        """The privacy record of a DP-trained model (`privacy.json` beside the weights), if any."""
-        return self.info.get("dp")
-
-    @property
-    def default_resolution(self) -> int:
-        """The side the pipeline makes by default: its own `height` default, else sample size x VAE scale factor."""
-        pipe = self.pipeline
-        height = inspect.signature(pipe.__call__).parameters.get("height")
-        if height is not None and isinstance(height.default, int):  # Kandinsky: fixed 512 default
-            return height.default
-        sample_size = getattr(pipe, "default_sample_size", None)
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if not isinstance(sample_size, int) and denoiser is not None:
-            sample_size = getattr(denoiser.config, "sample_size", None)
-        scale = getattr(pipe, "vae_scale_factor", None)
-        if isinstance(sample_size, int) and isinstance(scale, int):
-            return sample_size * scale
-        return 512
-
-
-def _dtype_kwarg(dtype) -> dict[str, Any]:
-    """diffusers renamed `torch_dtype` to `dtype` (2026, PR 14205); pass whichever this version understands."""
-    from diffusers.utils import deprecation_utils
-
-    renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
-    return {"dtype" if renamed else "torch_dtype": dtype}
-
-
-def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedModel:
-    """Load a diffusers pipeline folder with every component in eval mode on `device`."""
-    from diffusers import DiffusionPipeline
-
-    from synthgen.models import quiet_libraries
-
-    quiet_libraries()
-    dtype = pick_dtype(device)
-    try:
-        pipeline = DiffusionPipeline.from_pretrained(path, **_dtype_kwarg(dtype), local_files_only=True)
-    except (OSError, ValueError, ImportError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SynthgenError(f"model {model_id}: cannot load diffusers pipeline from {path}: {first}") from None
-    pipeline = pipeline.to(device)
-    for component in pipeline.components.values():
-        if hasattr(component, "eval"):
-            component.eval()
-    if hasattr(pipeline, "safety_checker") and getattr(pipeline, "safety_checker", None) is not None:
-        pipeline.safety_checker = None  # medical images trip NSFW filters; outputs are audited instead
-    pipeline.set_progress_bar_config(disable=True)
-    if "prompt" not in inspect.signature(pipeline.__call__).parameters:
-        raise SynthgenError(
-            f"model {model_id}: {type(pipeline).__name__} does not take a text prompt (a decoder or prior alone?); "
-            "save the text-to-image pipeline, e.g. AutoPipelineForText2Image.from_pretrained(...).save_pretrained()"
-        )
-    return LoadedModel(pipeline, model_id, model_sha256, Path(path), read_model_info(path))
-
-
-def read_model_info(path: Path) -> dict[str, Any]:
-    """synthgen's notes beside the weights: training provenance and, for DP models, the privacy record."""
-    info: dict[str, Any] = {}
-    if (Path(path) / "synthgen_model.json").exists():
-        info = json.loads((Path(path) / "synthgen_model.json").read_text())
-    if (Path(path) / "privacy.json").exists():
-        info["dp"] = json.loads((Path(path) / "privacy.json").read_text())
-    return info
 
 
 def is_flow_matching(pipeline) -> bool:
@@ -189,9 +82,7 @@ class Generator:
     """Turns jobs into samples with provenance; one instance per (model, sampling settings)."""
 
     def __init__(self, model: LoadedModel, sampling: SamplingConfig, provenance: dict[str, Any]):
-        import torch
-
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        use_all_cores()
         self.model = model
         self.sampling = sampling
         self.resolution = sampling.resolution or model.default_resolution

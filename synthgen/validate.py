@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from synthgen.errors import SynthgenError
+from synthgen.output.folder import OutputFolder
 from synthgen.recipe import LoadedRecipe
-
-
-def check_output_dir(out_dir: Path, loaded: LoadedRecipe, overwrite: bool = False) -> str:
-    """The output folder must be new, empty, or a build of this very recipe (or --overwrite)."""
-    state_file = out_dir / ".synthgen" / "build.json"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SynthgenError(f"output.dir: {out_dir} exists and is a file")
-    if state_file.is_file():
-        try:
-            same = json.loads(state_file.read_text()).get("recipe_sha256") == loaded.sha256
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return f"{out_dir} (resumes the build there)"
-        if not overwrite:
-            raise SynthgenError(
-                f"output.dir: {out_dir} holds a build of a different recipe (or an edited one); "
-                "pass --overwrite to replace it or choose another --out"
-            )
-        return f"{out_dir} (its earlier build will be replaced)"
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise SynthgenError(f"output.dir: {out_dir} exists and is not a synthgen output; choose an empty or new folder")
-    return str(out_dir)
+from synthgen.runtime import pick_device
 
 
 def validate_recipe(loaded: LoadedRecipe, out_dir: str | Path | None = None, overwrite: bool = False) -> list[str]:
@@ -44,9 +22,8 @@ def validate_recipe(loaded: LoadedRecipe, out_dir: str | Path | None = None, ove
 
 
 def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool) -> list[str]:
-    from synthgen.generate import pick_device
-    from synthgen.models.resolve import check_model
     from synthgen.plan import make_plan
+    from synthgen.resolve import check_model
     from synthgen.sources import open_readable
 
     recipe = loaded.recipe
@@ -63,7 +40,7 @@ def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool)
             else ("model.lora.data" if recipe.model.lora else "model.train.data")
         )
         source = open_readable(audit_spec, loaded.base_dir, field)
-        from synthgen.audit.auditor import get_detector
+        from synthgen.audit.detection.detector import get_detector
 
         try:
             get_detector(recipe.audit.embedder)
@@ -77,7 +54,7 @@ def _validate(loaded: LoadedRecipe, out_dir: str | Path | None, overwrite: bool)
         lines.append("audit: disabled")
     lines.append(f"device: {pick_device(recipe.sampling.device)}")
     try:
-        lines.append(f"output: {check_output_dir(loaded.output_dir(out_dir), loaded, overwrite)}")
+        lines.append(f"output: {OutputFolder(loaded.output_dir(out_dir)).check(loaded, overwrite)}")
     except SynthgenError as error:
         if out_dir is None:
             raise

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +181,32 @@ def test_progress_reports_both_stages(tmp_path: Path) -> None:
     stages = [stage for stage, _, _ in calls]
     assert "embedding training images" in stages and "auditing candidates" in stages
     assert ("auditing candidates", 1, 1) in calls
+
+
+def test_audit_defaults_are_the_recipes() -> None:
+    """The build (recipe), `synthgen audit` and `run_audit` judge alike unless told otherwise."""
+    from synthgen.cli import audit as audit_command
+    from synthgen.recipe import AuditConfig
+
+    fields = AuditConfig.model_fields
+    expected = {name: fields[name].default for name in ("embedder", "threshold", "target_fpr", "index")}
+    assert expected == {"embedder": "copydetect", "threshold": "auto", "target_fpr": 0.01, "index": "auto"}
+    for function in (Auditor.from_source, run_audit):
+        parameters = inspect.signature(function).parameters
+        assert {name: parameters[name].default for name in expected} == expected, function
+    command = inspect.signature(audit_command).parameters
+    assert (command["embedder"].default, command["threshold"].default) == (expected["embedder"], "auto")
+
+
+def test_audit_package_imports_cheaply_and_exports_what_it_lists() -> None:
+    import synthgen.audit
+
+    code = "import sys, synthgen.audit; print([m for m in ('cv2', 'faiss', 'torch', 'pyarrow') if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+    assert all(getattr(synthgen.audit, name) is not None for name in synthgen.audit.__all__)
+    with pytest.raises(AttributeError):
+        synthgen.audit.not_a_name  # noqa: B018
 
 
 # --- real data --------------------------------------------------------------------------------------------

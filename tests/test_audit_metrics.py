@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from synthgen.audit.metrics import MetricsInputs, compute_metrics
-from synthgen.audit.stats import knn, mann_whitney_z, wilson_interval
+from synthgen.audit.privacy.metrics import MetricsInputs, compute_metrics
+from synthgen.audit.privacy.stats import knn, mann_whitney_z, wilson_interval
 
 DIM = 32
 LABELS = ("polyp", "ulcer", "normal")

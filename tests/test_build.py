@@ -131,23 +131,23 @@ def test_same_recipe_and_seed_give_same_images(built: Path, tmp_path: Path) -> N
 
 
 def test_interrupted_build_resumes_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthgen import shards
+    from synthgen.output.shard_set import ShardSet
 
     recipe = load_recipe(write_recipe(tmp_path))
-    original = shards.ShardSet.write_shard
+    original = ShardSet.write_shard
 
     def crash_on_second(self, index, samples):
         if index == 1:
             raise KeyboardInterrupt
         return original(self, index, samples)
 
-    monkeypatch.setattr(shards.ShardSet, "write_shard", crash_on_second)
+    monkeypatch.setattr(ShardSet, "write_shard", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         build(recipe)
     first_shard = tmp_path / "out" / "data" / "shard-00000.parquet"
     stamp = first_shard.stat().st_mtime_ns
     assert not (tmp_path / "out" / "manifest.json").exists()
-    monkeypatch.setattr(shards.ShardSet, "write_shard", original)
+    monkeypatch.setattr(ShardSet, "write_shard", original)
     result = build(recipe)
     assert (result.shards_written, result.shards_resumed) == (1, 1)
     assert first_shard.stat().st_mtime_ns == stamp
@@ -228,9 +228,11 @@ def test_cli_train_writes_a_pipeline_and_guards_its_folder(tmp_path: Path) -> No
 def test_images_do_not_depend_on_batch_size(built: Path, scheduler: str) -> None:
     import numpy as np
 
-    from synthgen.generate import Generator, load_model, pick_device
+    from synthgen.generate import Generator
+    from synthgen.models.loading import load_model
     from synthgen.plan import Job
     from synthgen.recipe import SamplingConfig
+    from synthgen.runtime import pick_device
 
     manifest = json.loads((built / "manifest.json").read_text())
     cache = Path(__import__("os").environ["SYNTHGEN_CACHE"]) / "models" / manifest["model"]["id"].split("/")[-1]
@@ -266,15 +268,13 @@ def test_build_on_real_radiology_keeps_training_names_out_of_shards(real_data_di
 
 
 def test_second_build_into_a_locked_folder_is_refused(built: Path) -> None:
-    from synthgen.build import lock_output
+    from synthgen.output.folder import OutputFolder
 
-    held = lock_output(built)
-    try:
-        with pytest.raises(SynthgenError, match="another synthgen build"):
-            lock_output(built)
-    finally:
-        held.close()
-    lock_output(built).close()  # free again once the holder is gone
+    folder = OutputFolder(built)
+    with folder.lock(), pytest.raises(SynthgenError, match="another synthgen build"), folder.lock():
+        pass
+    with folder.lock():
+        pass  # free again once the holder is gone
 
 
 def test_webdataset_only_jpeg_build(tmp_path: Path) -> None:

@@ -85,12 +85,12 @@ def test_audit_cli_out_is_a_file(tmp_path: Path) -> None:
 
 def test_filesystem_errors_are_one_line(tmp_path: Path, monkeypatch) -> None:
     """Any OSError inside a command (here: a read-only output folder) is one line, not a traceback."""
-    from synthgen.audit import auditor
+    from synthgen.audit.report import audit_log
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "a" / "audit.parquet"))
 
-    monkeypatch.setattr(auditor.AuditLog, "write", refuse)
+    monkeypatch.setattr(audit_log.AuditLog, "write", refuse)
     result = CliRunner().invoke(app, ["audit", "--train", "demo", "--candidates", "demo", "--out", str(tmp_path / "a")])
     assert result.exit_code == 2
     last = result.output.strip().splitlines()[-1]

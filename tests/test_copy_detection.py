@@ -15,9 +15,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from synthgen.audit import Auditor, run_audit
-from synthgen.audit.auditor import parse_threshold
-from synthgen.audit.calibrate import SequenceNeighbours, calibrate
-from synthgen.audit.copydetect import CopyDetector
+from synthgen.audit.detection.calibrate import SequenceNeighbours, calibrate
+from synthgen.audit.detection.copydetect import CopyDetector
+from synthgen.audit.detection.detector import parse_threshold
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
 from synthgen.sources.memory import MemorySource

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthgen.audit import index as index_module
-from synthgen.audit import index_backends as backends
-from synthgen.audit.embedders import PixelEmbedder
-from synthgen.audit.index import TrainIndex
-from synthgen.audit.index_backends import VectorStore, gpu_plan
-from synthgen.audit.index_cache import cache_key
+from synthgen.audit.index import index_backends as backends
+from synthgen.audit.index import train_index as index_module
+from synthgen.audit.index.embedders import PixelEmbedder
+from synthgen.audit.index.index_backends import VectorStore, gpu_plan
+from synthgen.audit.index.index_cache import cache_key, cached_index
+from synthgen.audit.index.train_index import TrainIndex
 from synthgen.sample import Sample
 from synthgen.sources import Skipped, Source
 
@@ -210,7 +210,7 @@ class CountingEmbedder(PixelEmbedder):
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
 def test_cache_reuses_and_invalidates(tmp_path: Path, kind: str) -> None:
     embedder, seeds = CountingEmbedder(), list(range(120))
-    first = TrainIndex.from_source(SeedSource(seeds), embedder, kind=kind, cache_dir=tmp_path, batch_size=50)
+    first = cached_index(SeedSource(seeds), embedder, kind=kind, cache_dir=tmp_path, batch_size=50)
     assert not first.cache_hit and embedder.calls == 3
     entry = tmp_path / cache_key(SeedSource(seeds).fingerprint(), embedder, kind)
     assert sorted(p.name for p in entry.iterdir()) == sorted(
@@ -219,18 +219,18 @@ def test_cache_reuses_and_invalidates(tmp_path: Path, kind: str) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
     source = SeedSource(seeds)
-    again = TrainIndex.from_source(source, embedder, kind=kind, cache_dir=tmp_path)
+    again = cached_index(source, embedder, kind=kind, cache_dir=tmp_path)
     assert again.cache_hit and embedder.calls == 3  # not embedded again
     assert again.keys == first.keys and isinstance(again.vectors, np.memmap)
     assert [s.key for s in source.skipped] == [s.key for s in again.skipped] == ["broken"]
     queries = embedder.embed([blob(5), blob(77)])
     assert again.search(queries, 2)[1] == first.search(queries, 2)[1]
 
-    TrainIndex.from_source(SeedSource(seeds[:-1]), embedder, kind=kind, cache_dir=tmp_path)  # data changed
+    cached_index(SeedSource(seeds[:-1]), embedder, kind=kind, cache_dir=tmp_path)  # data changed
     assert embedder.calls > 4
     calls = embedder.calls
-    TrainIndex.from_source(SeedSource(seeds), PixelEmbedder(size=4), kind=kind, cache_dir=tmp_path)
-    TrainIndex.from_source(SeedSource(seeds), embedder, kind="hnsw", cache_dir=tmp_path)  # another kind
+    cached_index(SeedSource(seeds), PixelEmbedder(size=4), kind=kind, cache_dir=tmp_path)
+    cached_index(SeedSource(seeds), embedder, kind="hnsw", cache_dir=tmp_path)  # another kind
     assert embedder.calls > calls
     assert len([p for p in tmp_path.iterdir()]) == 4
 
@@ -238,7 +238,7 @@ def test_cache_reuses_and_invalidates(tmp_path: Path, kind: str) -> None:
 @pytest.mark.parametrize("damage", ["truncate_vectors", "flip_vector_byte", "bad_meta", "bad_keys"])
 def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, damage: str) -> None:
     embedder, source = CountingEmbedder(), SeedSource(list(range(40)))
-    TrainIndex.from_source(source, embedder, cache_dir=tmp_path)
+    cached_index(source, embedder, cache_dir=tmp_path)
     entry = tmp_path / cache_key(source.fingerprint(), embedder, "auto")
     vectors = entry / "vectors.f32"
     if damage == "truncate_vectors":
@@ -252,18 +252,18 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path: Path, damage: str) -> None:
     else:
         (entry / "keys.json").write_text('["x"]')
     calls = embedder.calls
-    rebuilt = TrainIndex.from_source(source, embedder, cache_dir=tmp_path)
+    rebuilt = cached_index(source, embedder, cache_dir=tmp_path)
     assert not rebuilt.cache_hit and embedder.calls > calls and len(rebuilt) == 40
-    assert TrainIndex.from_source(source, embedder, cache_dir=tmp_path).cache_hit  # the entry was rewritten
+    assert cached_index(source, embedder, cache_dir=tmp_path).cache_hit  # the entry was rewritten
 
 
 def test_damaged_faiss_file_is_rebuilt_from_cached_vectors(tmp_path: Path) -> None:
     embedder, source = CountingEmbedder(), SeedSource(list(range(100)))
-    first = TrainIndex.from_source(source, embedder, kind="ivf", cache_dir=tmp_path)
+    first = cached_index(source, embedder, kind="ivf", cache_dir=tmp_path)
     entry = tmp_path / cache_key(source.fingerprint(), embedder, "ivf")
     (entry / "index.faiss").write_bytes(b"garbage")
     calls = embedder.calls
-    again = TrainIndex.from_source(source, embedder, kind="ivf", cache_dir=tmp_path)
+    again = cached_index(source, embedder, kind="ivf", cache_dir=tmp_path)
     assert again.cache_hit and embedder.calls == calls and again._approx is not None
     assert faiss.read_index(str(entry / "index.faiss")).ntotal == 100
     queries = embedder.embed([blob(3)])
@@ -276,6 +276,6 @@ def test_source_without_fingerprint_is_not_cached(tmp_path: Path) -> None:
             raise NotImplementedError
 
     embedder = CountingEmbedder()
-    index = TrainIndex.from_source(Unkeyed([1, 2, 3]), embedder, cache_dir=tmp_path)
+    index = cached_index(Unkeyed([1, 2, 3]), embedder, cache_dir=tmp_path)
     assert len(index) == 3 and not index.cache_hit and not list(tmp_path.iterdir())
     assert [s.key for s in index.skipped] == ["broken"]

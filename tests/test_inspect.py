@@ -11,10 +11,11 @@ import yaml
 from rich.console import Console
 from test_shards import make_samples
 
-from synthgen.card import size_category, write_dataset_card
 from synthgen.errors import SynthgenError
-from synthgen.inspect import inspect_output, render_inspect
-from synthgen.shards import ShardSet, load_completed, write_manifest
+from synthgen.output.dataset_card import size_category, write_dataset_card
+from synthgen.output.manifest import write_manifest
+from synthgen.output.shard_set import ShardSet, load_completed
+from synthgen.output.verify import inspect_output, render_inspect
 
 
 @pytest.fixture

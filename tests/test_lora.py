@@ -37,11 +37,11 @@ def sample(pipeline, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module", autouse=True)
 def _small_sample_grids():
     """Checkpoint sample grids at 1 step and 1 seed: their look is not under test, their writing is."""
-    from synthgen.training import lora
+    from synthgen.training import lora_model
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lora, "GRID_STEPS", 1)
-        patch.setattr(lora, "GRID_SEEDS", (0,))
+        patch.setattr(lora_model, "GRID_STEPS", 1)
+        patch.setattr(lora_model, "GRID_SEEDS", (0,))
         yield
 
 
@@ -53,7 +53,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synthgen.sources import open_source
-    from synthgen.training.lora import train_lora
+    from synthgen.train import train_lora
 
     config = lora_config()
     out = tmp_path_factory.mktemp("lora") / "model"
@@ -67,8 +67,8 @@ def test_only_the_adapters_train(base: Path, tmp_path: Path) -> None:
     from synthgen.training.checkpoints import CheckpointStore
     from synthgen.training.data import load_training_data
     from synthgen.training.loop import LoopSettings, run_phase
-    from synthgen.training.lora import LoRAModel
-    from synthgen.training.report import TrainingLog
+    from synthgen.training.lora_model import LoRAModel
+    from synthgen.training.training_log import TrainingLog
 
     config = lora_config(ema_decay=0.0, validation_split=0.0)
     model = LoRAModel(base, config, torch.device("cpu"))
@@ -135,7 +135,7 @@ def test_v_prediction_and_sdxl_bases_fine_tune(family: str, tmp_path: Path) -> N
     from diffusers import DiffusionPipeline
 
     from synthgen.sources import open_source
-    from synthgen.training.lora import train_lora
+    from synthgen.train import train_lora
 
     base = save_pipeline(family, tmp_path / family)
     config = lora_config(steps=1, validation_split=0.0)
@@ -150,7 +150,7 @@ def test_settings_are_validated(base: Path, tmp_path: Path) -> None:
 
     from synthgen.recipe import parse_recipe
     from synthgen.sources import open_source
-    from synthgen.training.lora import train_lora
+    from synthgen.train import train_lora
 
     for bad in ({"rank": 0}, {"target_modules": []}, {"learning_rate": 0}, {"resolution": 40}):
         with pytest.raises(pydantic.ValidationError):
@@ -189,7 +189,7 @@ def test_build_fine_tunes_once_then_reuses_the_cached_model(
     base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from synthgen.build import build
-    from synthgen.models.resolve import resolve_model
+    from synthgen.resolve import resolve_model
     from synthgen.validate import validate_recipe
 
     monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
@@ -215,7 +215,7 @@ def test_extended_run_resumes_from_its_checkpoint_exactly(base: Path, tmp_path: 
     from safetensors.torch import load_file
 
     from synthgen.sources import open_source
-    from synthgen.training.lora import train_lora
+    from synthgen.train import train_lora
 
     config = lora_config(steps=4, checkpoint_every=2, validation_split=0.0)
     source = open_source(config.data, tmp_path)

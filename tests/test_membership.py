@@ -12,7 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from synthgen.audit.membership import MIAConfig, attack_metrics, auc_score, roc_curve, run_membership, tpr_at_fpr
+from synthgen.audit.privacy.membership import (
+    MIAConfig,
+    attack_metrics,
+    auc_score,
+    roc_curve,
+    run_membership,
+    tpr_at_fpr,
+)
 from synthgen.cli import app
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
@@ -211,7 +218,7 @@ def test_cli_audit_errors_are_one_line(tmp_path: Path, extra: list[str], message
 
 
 def test_load_pipeline_rejects_a_folder_without_the_parts(tmp_path: Path) -> None:
-    from synthgen.audit.membership import load_pipeline
+    from synthgen.audit.privacy.membership import load_pipeline
 
     with pytest.raises(SynthgenError, match="not a diffusers pipeline folder"):
         load_pipeline(tmp_path)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from synthgen.audit.embedders import get_embedder, known_embedder_prefixes, parse_embedder_name
-from synthgen.audit.index_cache import cache_key
-from synthgen.audit.model_embedders import ModelEmbedder, require
+from synthgen.audit.index.embedder_registry import get_embedder, known_embedder_prefixes, parse_embedder_name
+from synthgen.audit.index.index_cache import cache_key
+from synthgen.audit.index.model_embedders import ModelEmbedder, require
 from synthgen.errors import SynthgenError
 
 
@@ -41,7 +41,7 @@ def check_embedder(embedder: ModelEmbedder, dim: int) -> None:
     np.testing.assert_allclose(embedder.embed(images[2:3]), vectors[2:3], atol=1e-5)  # batch-independent
     assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
     assert embedder.embed([]).shape == (0, dim)
-    assert embedder.device == "cpu" and "similarity" in embedder.description.lower()
+    assert embedder.device.type == "cpu" and "similarity" in embedder.description.lower()
 
 
 @pytest.fixture(scope="module")

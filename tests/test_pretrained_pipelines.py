@@ -38,7 +38,8 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory):
 
 
 def load(folder: Path):
-    from synthgen.generate import load_model, pick_device
+    from synthgen.models.loading import load_model
+    from synthgen.runtime import pick_device
 
     return load_model(folder, folder.name, "0" * 64, pick_device("cpu"))
 

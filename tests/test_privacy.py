@@ -14,21 +14,17 @@ import torch
 
 from synthgen.errors import SynthgenError
 from synthgen.recipe import PrivacyConfig, load_recipe, parse_recipe
-from synthgen.training.privacy import (
+from synthgen.training.dp_accounting import (
     PhaseSpec,
-    PoissonBatches,
     PrivacyPlan,
     _epsilon,
     _history,
     check_privacy_sources,
-    make_private,
     plan_privacy,
     privacy_report,
-    private_step,
-    step_on_empty_batch,
-    unwrap,
     write_privacy_json,
 )
+from synthgen.training.dp_sgd import PoissonBatches, make_private, private_step, step_on_empty_batch, unwrap
 
 REPO = Path(__file__).resolve().parents[1]
 RDP = PrivacyConfig(target_epsilon=8, delta=1e-5, accountant="rdp")
@@ -163,7 +159,7 @@ class Denoiser(torch.nn.Module):
         self.text = BertModel(config)
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, t, encoder_hidden_states=self.text(ids)[0]).sample  # no position ids: see privacy.py
+        return self.unet(noisy, t, encoder_hidden_states=self.text(ids)[0]).sample  # no position ids: see dp_sgd.py
 
 
 class Autoencoding(torch.nn.Module):
@@ -280,7 +276,7 @@ def test_layers_that_mix_samples_are_refused():
 
 
 def test_privacy_report_and_file(tmp_path):
-    from synthgen.generate import read_model_info
+    from synthgen.models.loading import read_model_info
 
     plan = plan_privacy(RDP, phases())
     report = privacy_report(plan, {"vae": 200, "unet": 600})
@@ -374,7 +370,7 @@ def test_demo_dp_recipe_fits_its_budget():
 
 
 def test_dataset_card_states_the_guarantee_and_its_limits(tmp_path):
-    from synthgen.card import write_dataset_card
+    from synthgen.output.dataset_card import write_dataset_card
 
     report = privacy_report(plan_privacy(RDP, phases()), {"vae": 200, "unet": 600})
     audit = {"embedder": "pixel", "threshold": 0.99, "action": "drop", "checked": 9, "flagged": 1, "dropped": 1}

@@ -227,7 +227,7 @@ def test_parse_recipe_rejects_non_mappings():
 
 
 def test_oversized_file_is_refused_without_reading(tmp_path, monkeypatch):
-    import synthgen.recipe as recipe_module
+    import synthgen.recipe.loading as recipe_module
 
     monkeypatch.setattr(recipe_module, "MAX_RECIPE_BYTES", 100)
     with pytest.raises(SynthgenError, match="MiB"):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthgen.audit import privacy
-from synthgen.audit.membership import MIAConfig, ScoreSet, membership_summary
-from synthgen.audit.privacy import run_privacy_audit
+from synthgen.audit import entry
+from synthgen.audit.entry import run_audit
+from synthgen.audit.privacy.membership import MIAConfig, ScoreSet, membership_summary
 from synthgen.sample import Sample
 from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
 from synthgen.sources.memory import MemorySource
@@ -57,7 +57,9 @@ def fake_membership(*args, **kwargs) -> tuple[dict, ScoreSet, ScoreSet]:
 
 
 def test_report_holds_every_section_and_no_training_image(sets, tmp_path: Path) -> None:
-    summary = run_privacy_audit(sets["train"], sets["candidates"], tmp_path, holdout=sets["holdout"], threshold=0.995)
+    summary = run_audit(
+        sets["train"], sets["candidates"], tmp_path, holdout=sets["holdout"], embedder="pixel", threshold=0.995
+    )
     json.dumps(summary, allow_nan=False)
     assert summary["n_flagged"] == 4 and summary["metrics"]["computed"]
     metrics = summary["metrics"]
@@ -70,7 +72,9 @@ def test_report_holds_every_section_and_no_training_image(sets, tmp_path: Path) 
     for text in ("Privacy metrics", "Holdout share", "C_T", "Distance to the closest training record", "Per class"):
         assert text in html
     with_images = tmp_path / "shown"
-    run_privacy_audit(sets["train"], sets["candidates"], with_images, threshold=0.995, show_training_images=True)
+    run_audit(
+        sets["train"], sets["candidates"], with_images, embedder="pixel", threshold=0.995, show_training_images=True
+    )
     shown = (with_images / "report.html").read_text()
     assert shown.count('alt="training train-') == 4 and "training image hidden" not in shown
 
@@ -88,9 +92,15 @@ def test_report_renders_in_headless_chromium(sets, tmp_path: Path, monkeypatch) 
         if os.environ.get("CI"):
             pytest.fail("chromium is not on PATH (CI must render the report)")
         pytest.skip("chromium is not on PATH")
-    monkeypatch.setattr(privacy, "run_membership", fake_membership)
-    summary = run_privacy_audit(
-        sets["train"], sets["candidates"], tmp_path, holdout=sets["holdout"], model="model-dir", threshold=0.995
+    monkeypatch.setattr(entry, "run_membership", fake_membership)
+    summary = run_audit(
+        sets["train"],
+        sets["candidates"],
+        tmp_path,
+        holdout=sets["holdout"],
+        model="model-dir",
+        embedder="pixel",
+        threshold=0.995,
     )
     assert summary["membership"]["n_members"] == 60 and (tmp_path / "membership.parquet").is_file()
     html = (tmp_path / "report.html").read_text()

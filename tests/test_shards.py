@@ -9,18 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import synthgen.shards as shards
+import synthgen.output.shard_set as shard_set_module
+from synthgen.output.folder import OutputFolder
+from synthgen.output.manifest import write_manifest
+from synthgen.output.shard_set import ShardSet, load_completed
+from synthgen.output.writers import ParquetShardWriter, WebDatasetShardWriter, encode_image
 from synthgen.provenance import PROVENANCE_FIELDS, provenance_record, sha256_file
 from synthgen.sample import Sample
-from synthgen.shards import (
-    ParquetShardWriter,
-    ShardSet,
-    WebDatasetShardWriter,
-    encode_image,
-    load_completed,
-    marker_path,
-    write_manifest,
-)
 
 
 def make_samples(n: int, seed: int = 0, labels: tuple[str, ...] = ("polyp", "normal")) -> list[Sample]:
@@ -141,7 +136,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
     shard_set = ShardSet(tmp_path)
     shard_set.write_shard(0, make_samples(3))
     calls = {"n": 0}
-    real_encode = shards.encode_image
+    real_encode = shard_set_module.encode_image
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -149,7 +144,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
             raise RuntimeError("disk on fire")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(shards, "encode_image", flaky)
+    monkeypatch.setattr(shard_set_module, "encode_image", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         shard_set.write_shard(1, make_samples(4, seed=1))
     assert shard_set.is_complete(0) and not (tmp_path / "data/shard-00001.parquet").exists()
@@ -189,7 +184,7 @@ def test_completion_markers_and_tampering(tmp_path) -> None:
     ShardSet(tmp_path / "p", ["parquet"]).write_shard(0, make_samples(2))
     assert not ShardSet(tmp_path / "p").is_complete(0)
     assert ShardSet(tmp_path / "p", ["parquet"]).is_complete(0)
-    marker_path(tmp_path / "p", 0).write_text("{not json")
+    OutputFolder(tmp_path / "p").marker(0).write_text("{not json")
     assert load_completed(tmp_path / "p") == {}
 
 

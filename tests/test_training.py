@@ -161,7 +161,7 @@ def test_pipeline_loads_and_generates_without_synthgen(reference: Path) -> None:
 def _toy_phase(batch_size: int, micro_batch_size: int, tmp_path: Path):
     from synthgen.training.checkpoints import CheckpointStore
     from synthgen.training.loop import LoopSettings, Phase, run_phase
-    from synthgen.training.report import TrainingLog
+    from synthgen.training.training_log import TrainingLog
 
     torch.manual_seed(0)
     inputs, targets = torch.randn(32, 5), torch.randn(32, 2)

@@ -1,15 +1,4 @@
-"""Model building blocks (MSDM), model resolution and loading helpers."""
+"""Models: the MSDM architecture (`msdm`), text encoders, and where a recipe's pretrained pipeline lives (`locate`).
 
-
-def quiet_libraries() -> None:
-    """Silence diffusers/transformers load reports and progress bars: synthgen shows its own progress."""
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+Models never import training, `synthgen.train` or `synthgen.resolve`: training builds on these modules.
+"""

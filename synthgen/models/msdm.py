@@ -1,7 +1,13 @@
 """MSDM building blocks: a compact latent text-to-image model (VAE + cross-attention UNet + BERT text encoder).
 
-After "Prompt to Polyp" (MSDM). Everything is a stock diffusers/transformers module, so a trained model is an
-ordinary `StableDiffusionPipeline` folder that loads with no synthgen import.
+MSDM is the model of the paper "Prompt to Polyp: Medical Text-Conditioned Image Synthesis with Diffusion Models"
+(Chaichuk, Gautam, Hicks and Tutubalina, 2025, arXiv:2505.05573): a small, domain-specific latent diffusion model
+built like Stable Diffusion (a VAE, a cross-attention UNet and a clinical text encoder) and trained from scratch
+on the medical images, where the alternative is fine-tuning a large pretrained model. The paper uses the name
+without expanding it, so synthgen does not expand it either.
+
+Everything is a stock diffusers/transformers module, so a trained model is an ordinary `StableDiffusionPipeline`
+folder that loads with no synthgen import.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MSDM text encoders: a small BERT learnt with the UNet, or a pretrained BERT-family or CLIP text model.
+"""Text encoders of the MSDM model: a small BERT learnt with the UNet, or a pretrained BERT-family or CLIP text model.
 
 Whatever the kind, the encoder is a transformers `PreTrainedModel` whose output[0] is the per-token hidden
 states, and the tokenizer pads to `model_max_length`: exactly what `StableDiffusionPipeline.encode_prompt`
@@ -19,6 +19,7 @@ from typing import Any
 from synthgen.errors import SynthgenError
 from synthgen.models.msdm import MSDMPreset, build_text_encoder, train_tokenizer
 from synthgen.recipe import TextEncoderConfig
+from synthgen.runtime import HUB_ID, first_line, offline
 
 CLIP_TYPES = frozenset({"clip", "clip_text_model"})
 # Model types whose position ids default to a (1, L) buffer: passing them expanded to (n, L) gives every
@@ -103,8 +104,6 @@ def make_text_encoder(
 
 def _locate(name: str, base_dir: Path | None) -> tuple[str, bool]:
     """(what to pass to from_pretrained, local_files_only): a folder relative to the recipe, or a hub id."""
-    from synthgen.models.resolve import HUB_ID, offline
-
     candidate = Path(name).expanduser()
     candidate = base_dir / candidate if base_dir is not None else candidate  # an absolute path stays itself
     if candidate.is_dir():
@@ -130,8 +129,7 @@ def load_pretrained(name: str, base_dir: Path | None, max_length: int) -> tuple[
             model, kind = AutoModel.from_pretrained(where, local_files_only=local_only), "pretrained BERT-family"
         tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SynthgenError(f"{field}: cannot load text model '{name}': {reason}") from None
+        raise SynthgenError(f"{field}: cannot load text model '{name}': {first_line(error)}") from None
     if not hasattr(model.config, "hidden_size"):
         raise SynthgenError(f"{field}: '{name}' ({model_type}) has no hidden_size; use a BERT-family or CLIP model")
     positions = int(getattr(model.config, "max_position_embeddings", max_length) or max_length)

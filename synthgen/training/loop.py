@@ -1,4 +1,4 @@
-"""The generic optimizer loop every synthgen training phase runs (MSDM's VAE and UNet phases; LoRA later).
+"""The generic optimizer loop every synthgen training phase runs (MSDM's VAE and UNet phases, LoRA).
 
 A phase supplies what differs (the module, how a batch is drawn, the per-item loss, validation, what to do
 at a checkpoint); the loop owns everything that must be the same for all: AdamW with warmup, gradient
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from synthgen.plan import derive_seed
+from synthgen.runtime import Progress
 from synthgen.training.checkpoints import CheckpointStore, capture_rng, restore_rng, seed_everything
 from synthgen.training.ema import EMA
-from synthgen.training.report import TrainingLog, plot_log
+from synthgen.training.training_log import TrainingLog, plot_log
 
-Progress = Callable[[str, int, int], None]
 Batch = dict[str, Any]
 RECENT = 50  # the final loss reported is the mean of this many last steps
 
@@ -72,7 +72,7 @@ class PhaseResult:
 
 
 class PrivateTraining(Protocol):
-    """DP-SGD hooks (see training/dp.py): Poisson batches, per-sample clipping + noise, accounting."""
+    """DP-SGD hooks (see training/dp_training.py): Poisson batches, per-sample clipping + noise, accounting."""
 
     def batches(self, phase: str, dataset_size: int, generator: Any) -> Any: ...
     def wrap(self, module: Any, optimizer: Any, phase: str) -> tuple[Any, Any]: ...
@@ -114,6 +114,57 @@ def resolve_precision(requested: str, device: Any) -> tuple[Any, bool]:
     return (torch.bfloat16, False) if requested == "bf16" else (torch.float16, True)
 
 
+class _PhaseState:
+    """What a phase's checkpoint holds besides the module: optimizer, LR schedule, EMA, batch sampler and the
+    draw generator (and the fp16 loss scaler). Saved and restored together, so a resumed phase continues exactly."""
+
+    def __init__(self, phase: Phase, settings: LoopSettings, private: PrivateTraining | None) -> None:
+        import torch
+
+        module = phase.module
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=phase.learning_rate, weight_decay=phase.weight_decay)
+        warmup = max(1, phase.warmup_steps)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        self.ema = EMA(module, phase.ema_decay) if phase.ema_decay > 0 else None
+        self.generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "draw"))
+        batch_generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "batches"))
+        if private is not None:
+            self.sampler = private.batches(phase.name, phase.dataset_size, batch_generator)
+        else:
+            self.sampler = UniformBatches(phase.dataset_size, settings.batch_size, batch_generator)
+        use_scaler = settings.grad_scaler and private is None
+        self.scaler = torch.amp.GradScaler(settings.device.type) if use_scaler else None
+
+    def load(self, module: Any, state: dict[str, Any]) -> None:
+        module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def state_dict(self, module: Any, step: int, recent: list[float], seconds: float) -> dict[str, Any]:
+        state = {
+            "step": step,
+            "module": module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "recent": recent,
+            "seconds": seconds,
+            "rng": capture_rng(),  # after validation and samples: the run continues from exactly this state
+        }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+
 def run_phase(
     phase: Phase,
     settings: LoopSettings,
@@ -123,98 +174,48 @@ def run_phase(
     private: PrivateTraining | None = None,
 ) -> PhaseResult:
     """Train (or resume, or skip if finished) one phase; on return `phase.module` holds the final (EMA) weights."""
-    import torch
-
     seed_everything(derive_seed(settings.seed, phase.name))
     module = phase.module
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=phase.learning_rate, weight_decay=phase.weight_decay)
-    warmup = max(1, phase.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    ema = EMA(module, phase.ema_decay) if phase.ema_decay > 0 else None
-    generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "draw"))
-    batch_generator = torch.Generator().manual_seed(derive_seed(settings.seed, phase.name, "batches"))
-    if private is not None:
-        sampler = private.batches(phase.name, phase.dataset_size, batch_generator)
-    else:
-        sampler = UniformBatches(phase.dataset_size, settings.batch_size, batch_generator)
-    scaler = torch.amp.GradScaler(settings.device.type) if settings.grad_scaler and private is None else None
-
+    loop = _PhaseState(phase, settings, private)
     start, recent, seconds, rng = 0, [], 0.0, None
     latest = store.latest(phase.name)
     if latest is not None:
         state = store.load(latest)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        sampler.load_state_dict(state["sampler"])
-        generator.set_state(state["generator"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
+        loop.load(module, state)
         start, recent, seconds, rng = state["step"], list(state["recent"]), float(state["seconds"]), state["rng"]
     train_module, train_optimizer = (
-        (module, optimizer) if private is None else private.wrap(module, optimizer, phase.name)
+        (module, loop.optimizer) if private is None else private.wrap(module, loop.optimizer, phase.name)
     )
     if rng is not None:
         restore_rng(rng)
-
-    def evaluate(step: int) -> tuple[float | None, float | None]:
-        """Validation loss and side outputs with the EMA weights, then epsilon spent so far."""
-        val_loss = None
-        module.eval()
-        with ema.applied(module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
-            if phase.validate is not None:
-                val_loss = phase.validate(module)
-            if phase.on_checkpoint is not None:
-                phase.on_checkpoint(step)
-        module.train()
-        return val_loss, private.epsilon(phase.name, step) if private is not None else None
-
-    def save(step: int, val_loss: float | None, epsilon: float | None) -> None:
-        state = {
-            "step": step,
-            "module": module.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "sampler": sampler.state_dict(),
-            "generator": generator.get_state(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "recent": recent,
-            "seconds": seconds,
-            "rng": capture_rng(),  # after validation and samples: the run continues from exactly this state
-        }
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        store.save(phase.name, step, state, {"val_loss": val_loss, "epsilon": epsilon, "loss": _mean(recent)})
 
     module.train()
     val_loss = None
     label = phase.progress_label or phase.name
     for step in range(start, phase.steps):
         began = time.perf_counter()
-        indices = next(sampler)
+        indices = next(loop.sampler)
         loss_sum = _optimizer_step(
-            phase, settings, train_module, train_optimizer, params, scaler, private, indices, generator
+            phase, settings, train_module, train_optimizer, loop.params, loop.scaler, private, indices, loop.generator
         )
-        schedule.step()
-        if ema is not None:
-            ema.update(module)
+        loop.schedule.step()
+        if loop.ema is not None:
+            loop.ema.update(module)
         done = step + 1
         loss = loss_sum / len(indices) if len(indices) else None
         if loss is not None and private is None:  # under DP a raw loss is a non-private statistic: not kept
             recent = (recent + [loss])[-RECENT:]
         seconds += time.perf_counter() - began
         record = {"phase": phase.name, "step": done, "loss": loss if private is None else None, "val_loss": None}
-        record["lr"] = schedule.get_last_lr()[0]
+        record["lr"] = loop.schedule.get_last_lr()[0]
         at_checkpoint = done % settings.checkpoint_every == 0 or done == phase.steps
         if at_checkpoint:
-            val_loss, epsilon = evaluate(done)
+            val_loss, epsilon = _evaluate(phase, module, loop.ema, private, done)
             record.update(val_loss=val_loss, checkpoint=True, **({"epsilon": epsilon} if epsilon is not None else {}))
         log.write({**record, "seconds": round(seconds, 3)})  # before the checkpoint: a resume never lacks it
         if at_checkpoint:
-            save(done, val_loss, record.get("epsilon"))
+            meta = {"val_loss": val_loss, "epsilon": record.get("epsilon"), "loss": _mean(recent)}
+            store.save(phase.name, done, loop.state_dict(module, done, recent, seconds), meta)
             if settings.plot_path is not None:
                 plot_log(log, settings.plot_path)
         if progress:
@@ -224,10 +225,25 @@ def run_phase(
     if private is not None:
         private.release(train_module)
     store.keep_only_final(phase.name)
-    if ema is not None:
-        ema.copy_to(module)
+    if loop.ema is not None:
+        loop.ema.copy_to(module)
     module.eval()
     return PhaseResult(phase.steps, _mean(recent), val_loss, latest.step if latest else None, seconds)
+
+
+def _evaluate(phase: Phase, module: Any, ema: EMA | None, private: PrivateTraining | None, step: int) -> tuple:
+    """(validation loss, epsilon spent so far) at a checkpoint; validation and side outputs use the EMA weights."""
+    import torch
+
+    val_loss = None
+    module.eval()
+    with ema.applied(module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
+        if phase.validate is not None:
+            val_loss = phase.validate(module)
+        if phase.on_checkpoint is not None:
+            phase.on_checkpoint(step)
+    module.train()
+    return val_loss, private.epsilon(phase.name, step) if private is not None else None
 
 
 def _optimizer_step(phase, settings, module, optimizer, params, scaler, private, indices, generator) -> float:

@@ -1,0 +1,140 @@
+"""Verdicts: a fitted detector plus the threshold that turns a candidate's similarity into "copy" or not.
+
+`Auditor.from_source` is the one way an auditor is made (the build through `Auditor.from_recipe`,
+`synthgen audit` through `synthgen.audit.entry.run_audit`), so both judge candidates alike; its defaults are
+the recipe's `audit` defaults. The generator calls `check` on each batch so it can drop and regenerate copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from synthgen.audit.detection.calibrate import calibrate
+from synthgen.audit.detection.detector import (
+    SIMILARITY_DECIMALS,
+    Detector,
+    EmbeddingDetector,
+    get_detector,
+    parse_threshold,
+)
+from synthgen.audit.index.embedders import Embedder
+from synthgen.audit.index.train_index import TrainIndex
+from synthgen.errors import SynthgenError
+from synthgen.runtime import Progress
+from synthgen.sample import Sample
+from synthgen.sources.base import Skipped, Source
+
+if TYPE_CHECKING:
+    from synthgen.recipe import AuditConfig
+
+# The recipe's `audit` defaults (recipe/schema.py `AuditConfig`; tests/test_audit.py checks that they agree).
+DEFAULT_DETECTOR = "copydetect"
+DEFAULT_THRESHOLD = "auto"
+DEFAULT_TARGET_FPR = 0.01
+DEFAULT_INDEX = "auto"
+
+
+def skipped_note(skipped: list[Skipped]) -> str:
+    """The tail of an error message, ' (3 skipped, e.g. key: reason)', or '' when nothing was skipped."""
+    return f" ({len(skipped)} skipped, e.g. {skipped[0].key}: {skipped[0].reason})" if skipped else ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How close a candidate is to the training data and whether that makes it a copy."""
+
+    similarity: float
+    nearest_train_key: str
+    flagged: bool
+
+
+@dataclass
+class Auditor:
+    """A fitted detector plus the threshold that turns a similarity into a verdict."""
+
+    detector: Detector
+    threshold: float
+    train_description: str
+    train_fingerprint: str | None
+    train_skipped: list[Skipped] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # how `threshold: auto` was derived
+
+    @property
+    def n_train(self) -> int:
+        return self.detector.n_train
+
+    @property
+    def embedder(self) -> Embedder:
+        """The detector's global embedder (privacy metrics); the detector's own name is `detector.name`."""
+        return self.detector.embedder
+
+    @property
+    def index(self) -> TrainIndex:
+        return self.detector.index
+
+    @property
+    def embedding_threshold(self) -> float | None:
+        """The threshold when it applies to `embedder`'s cosine (embedding detectors), else None (copydetect)."""
+        return self.threshold if isinstance(self.detector, EmbeddingDetector) else None
+
+    @classmethod
+    def from_source(
+        cls,
+        train: Source,
+        embedder: str | Embedder | Detector = DEFAULT_DETECTOR,
+        threshold: float | str = DEFAULT_THRESHOLD,
+        progress: Progress | None = None,
+        *,
+        target_fpr: float = DEFAULT_TARGET_FPR,
+        index: str = DEFAULT_INDEX,
+    ) -> Auditor:
+        """Fit the detector on every readable training image (unreadable ones are recorded, not fatal).
+
+        `threshold="auto"` calibrates it on the training set itself (see calibrate.py).
+        """
+        threshold = parse_threshold(threshold)
+        detector = get_detector(embedder, index)
+        detector.fit(train, progress)
+        skipped = list(detector.skipped)
+        if detector.n_train == 0:
+            raise SynthgenError(f"no readable training images in {train.description}{skipped_note(skipped)}")
+        calibration = None
+        if threshold == "auto":
+            threshold, calibration = calibrate(detector, train, target_fpr=target_fpr, progress=progress)
+            train.skipped = list(skipped)  # calibration re-read part of the source; keep the full fit's list
+        return cls(detector, float(threshold), train.description, train.fingerprint(), skipped, calibration)
+
+    @classmethod
+    def from_recipe(cls, train: Source, audit: AuditConfig, progress: Progress | None = None) -> Auditor:
+        """`from_source` with a recipe's `audit` settings (detector, threshold, target FPR, index)."""
+        return cls.from_source(
+            train, audit.embedder, audit.threshold, progress, target_fpr=audit.target_fpr, index=audit.index
+        )
+
+    def check(self, samples: list[Sample]) -> list[Verdict]:
+        """Verdicts for a batch of candidates, in order."""
+        verdicts = []
+        for similarity, key in self.detector.match([s.image for s in samples]):
+            value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
+            verdicts.append(Verdict(value, key, value >= self.threshold))
+        return verdicts
+
+    def sample_metadata(self, verdict: Verdict) -> dict[str, Any]:
+        """The `audit_*` fields a generated sample carries (its provenance record and the shards' columns)."""
+        return {
+            "audit_embedder": self.detector.name,
+            "audit_threshold": self.threshold,
+            "audit_similarity": verdict.similarity,
+            "audit_flagged": verdict.flagged,
+        }
+
+    def summary_block(self) -> dict[str, Any]:
+        """The detector, its settings and how the threshold was chosen (merged into summary.json)."""
+        mode = "auto" if self.calibration is not None else "fixed"
+        block = {"name": self.detector.name, "threshold_mode": mode, **self.detector.info()}
+        if self.calibration is not None:
+            block["calibration"] = self.calibration
+        return {"detector": block}

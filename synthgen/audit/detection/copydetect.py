@@ -1,0 +1,227 @@
+"""The default copy detector of the audit: cheap retrieval, then geometric verification of each candidate pair.
+
+Stage 1 (retrieval): every training image is indexed by a VLAD code of its SIFT keypoints (crop-, rotation-
+and scale-tolerant) and by its residual pixel embedding (32x32 RGB minus the training set's mean image, which
+cancels the black borders that make raw pixel correlations of unrelated frames reach 0.96).
+A candidate and its mirror image are each searched, giving up to 2 * `top_k` + `pixel_top_k` training
+images to verify.
+
+Stage 2 (verification): local features of the candidate (and its mirror) are matched against each of them;
+the similarity is the larger of
+
+- the geometric score 1 - 2^(-n / 8) of the n matches one similarity transform explains (resize, crop,
+  rotation; flips via the mirror; vertical flip = mirror + 180 degrees), with keypoints common to the
+  training set (scope borders, overlays, text) ignored: 8 consistent matches give 0.5;
+- the pixel score (r - 0.95) / 0.05 of the best residual pixel correlation r over the four flips, for
+  near-exact copies of texture-less images (no keypoints): r = 0.975 gives 0.5. Unrelated real frames
+  stay below r = 0.93; resized, re-encoded, noised or blurred copies above 0.98.
+
+So 0.5 is the default fixed threshold; `threshold: auto` calibrates it on the training set (calibrate.py).
+Measured on real colonoscopy frames (docs/audit.md): unrelated frames of the same scopes scored at most
+0.35 (0.45 with one text box stamped on every image); every copy under a single edit of the bench scored
+at least 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from synthgen.audit.detection.local_features import (
+    WORK_SIDE,
+    CommonStructure,
+    FeatureExtractor,
+    Features,
+    Vocabulary,
+    verify,
+    working_gray,
+)
+from synthgen.audit.index.embedders import l2_normalise
+from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex, batched, source_total
+from synthgen.runtime import Progress
+
+if TYPE_CHECKING:
+    from synthgen.sources.base import Skipped, Source
+
+HALF_MATCHES = 8.0  # consistent matches that make the geometric score 0.5
+PIXEL_FLOOR = 0.95  # residual pixel correlation that makes the pixel score 0 (and 0.975 makes it 0.5)
+MIN_IMAGES_FOR_MEAN = 8  # fewer training images: no mean image is subtracted (it would cancel the images)
+_FLIPS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
+
+
+def geometric_score(matches: float) -> float:
+    """1 - 2^(-matches / 8): 0 for no consistent match, 0.5 for 8, 0.94 for 32, ~1 for an exact copy."""
+    return 1.0 - 2.0 ** (-max(matches, 0.0) / HALF_MATCHES)
+
+
+def pixel_score(correlation: float) -> float:
+    """Pixel correlation rescaled so that only near-exact copies score: 0 up to 0.95, 0.5 at 0.975, 1 at 1."""
+    return float(np.clip((correlation - PIXEL_FLOOR) / (1.0 - PIXEL_FLOOR), 0.0, 1.0))
+
+
+class ResidualPixelEmbedder:
+    """32x32 RGB minus the training set's mean image, mean-centred and unit-normed: inner product = correlation
+    of what differs from the typical training image (scope borders and overlays shared by all cancel out)."""
+
+    name = "pixel-residual"
+    size = 32
+    dim = 3 * size * size
+    description = "Pearson correlation of the 32x32 RGB pixels of two images after subtracting the training mean image"
+
+    def __init__(self, mean: np.ndarray | None = None) -> None:
+        self.mean = np.zeros(self.dim, np.float32) if mean is None else np.asarray(mean, np.float32)
+
+    def pixels(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, dim) uint8 raw pixels (area-averaged), compact enough to keep for a whole training set."""
+        size = (self.size, self.size)
+        rows = [np.asarray(image.convert("RGB").resize(size, Image.Resampling.BOX)).reshape(-1) for image in images]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), np.uint8)
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        residual = pixels.astype(np.float32) - self.mean
+        return l2_normalise(residual - residual.mean(axis=1, keepdims=True))
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        return self.from_pixels(self.pixels(images))
+
+
+class CopyDetector:
+    """Two-stage copy detector (see the module docstring); `fit` on the training set, then `match` candidates."""
+
+    name = "copydetect"
+    default_threshold = 0.5
+    # `threshold: auto` stays within these: never below the fixed default, and never above the score of
+    # 16 consistent matches, which no unrelated frame reached on the bench (a copy regardless of calibration).
+    threshold_bounds = (0.5, geometric_score(16))
+    description = (
+        "copy score in [0, 1] of a candidate and its best-matching training image: the larger of "
+        "1 - 2^(-n/8) for n local-feature matches that one resize/crop/rotation (or its mirror) explains, "
+        "keypoints common to the training set (borders, overlays) ignored, and (r - 0.95)/0.05 for the pixel "
+        "correlation r (minus the training mean image) of near-exact copies; 0.5 = 8 consistent matches or "
+        "r = 0.975, 1 = identical"
+    )
+
+    def __init__(
+        self,
+        *,
+        top_k: int = 24,
+        pixel_top_k: int = 4,
+        max_keypoints: int = 600,
+        words: int = 64,
+        reference_images: int = 300,
+        common_fraction: float = 0.02,
+    ) -> None:
+        self.top_k = top_k
+        self.pixel_top_k = pixel_top_k
+        self.words = words
+        self.reference_images = reference_images
+        self.common_fraction = common_fraction
+        self.embedder = ResidualPixelEmbedder()
+        self._extract = FeatureExtractor(max_keypoints=max_keypoints)
+        self.keys: list[str] = []
+        self.skipped: list[Skipped] = []
+        self.features: list[Features] = []
+        self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), 1.5, 0.5)
+        self.vocabulary = Vocabulary(np.zeros((1, 128), np.float32))
+        self.index = TrainIndex(self.embedder.dim)
+        self._codes: TrainIndex | None = None
+        self._row: dict[str, int] = {}
+
+    @property
+    def n_train(self) -> int:
+        return len(self.keys)
+
+    def fit(self, source: Source, progress: Progress | None = None) -> None:
+        """Extract local features and pixel embeddings of every readable training image, then index them."""
+        total = source_total(source)
+        pixels = []
+        for batch in batched(source, BATCH_SIZE):
+            images = [sample.image for sample in batch]
+            self.features.extend(self._extract(working_gray(image)) for image in images)
+            self.keys.extend(sample.key for sample in batch)
+            pixels.append(self.embedder.pixels(images))
+            if progress:
+                progress("embedding training images", len(self.keys), total)
+        self.skipped = list(source.skipped)
+        self._row = {key: row for row, key in enumerate(self.keys)}
+        if not self.keys:
+            return
+        raw = np.concatenate(pixels)
+        if len(raw) >= MIN_IMAGES_FOR_MEAN:
+            self.embedder = ResidualPixelEmbedder(raw.mean(axis=0, dtype=np.float64))
+        self.index = TrainIndex.build(self.embedder.from_pixels(raw), self.keys)
+        reference = [self.features[i] for i in _spread(len(self.features), self.reference_images)]
+        min_images = max(3, math.ceil(self.common_fraction * len(reference)))
+        self.common = CommonStructure.learn(reference, min_images=min_images)
+        self.features = [f.subset(~self.common.mask(f)) for f in self.features]
+        sample = [self.features[i].floats() for i in _spread(len(self.features), 500)]
+        self.vocabulary = Vocabulary.train(np.concatenate(sample), self.words)
+        codes = np.stack([self.vocabulary.encode(f) for f in self.features])
+        self._codes = TrainIndex.build(codes, self.keys)
+
+    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]:
+        """(similarity, nearest training key) per image; `exclude[i]`: training keys image i may not match."""
+        if not images:
+            return []
+        if not self.keys or self._codes is None:
+            raise RuntimeError("CopyDetector.match before fit (or fit on no images)")
+        exclude = exclude or [set() for _ in images]
+        pixel = self._pixel_candidates(images, exclude)
+        grays = [working_gray(image) for image in images]
+        queries = [self._content(self._extract(gray)) for gray in grays]
+        mirrors = [self._extract(np.ascontiguousarray(gray[:, ::-1])) for gray in grays]
+        extra = max(len(e) for e in exclude)
+        codes = np.stack([self.vocabulary.encode(f) for f in queries + mirrors])
+        _, hits = self._codes.search(codes, self.top_k + extra)
+        results = []
+        for i, (query, mirror) in enumerate(zip(queries, mirrors, strict=True)):
+            skip = exclude[i]
+            direct = [key for key in hits[i] if key not in skip][: self.top_k]
+            mirrored = [key for key in hits[len(images) + i] if key not in skip][: self.top_k]
+            best = max(pixel[i].items(), key=lambda item: item[1], default=(self.keys[0], 0.0))
+            best = (best[1], best[0])
+            for features, keys in ((query, direct + list(pixel[i])), (mirror, mirrored + list(pixel[i]))):
+                for key in dict.fromkeys(keys):
+                    matches = verify(features, self.features[self._row[key]])
+                    best = max(best, (geometric_score(matches), key), key=lambda item: item[0])
+            results.append((best[0], best[1]))
+        return results
+
+    def info(self) -> dict[str, Any]:
+        """Settings and training-set facts for summary.json."""
+        return {
+            "kind": "two-stage: VLAD/pixel retrieval + SIFT/RANSAC verification",
+            "work_side": WORK_SIDE,
+            "top_k": self.top_k,
+            "pixel_top_k": self.pixel_top_k,
+            "vocabulary_words": len(self.vocabulary.centroids),
+            "mean_keypoints": round(float(np.mean([len(f) for f in self.features])), 1) if self.features else 0.0,
+            "common_structure_keypoints": len(self.common),
+        }
+
+    def _content(self, features: Features) -> Features:
+        """A candidate's keypoints minus those on the training set's common structure (same place, same look)."""
+        return features.subset(~self.common.mask(features)) if len(self.common) else features
+
+    def _pixel_candidates(self, images: list[Image.Image], exclude: list[set[str]]) -> list[dict[str, float]]:
+        """Per image: training key -> pixel score of the nearest pixel neighbours over the four flips."""
+        variants = [image if flip is None else image.transpose(flip) for flip in _FLIPS for image in images]
+        extra = max(len(e) for e in exclude)
+        similarities, keys = self.index.search(self.embedder.embed(variants), self.pixel_top_k + extra)
+        found: list[dict[str, float]] = [{} for _ in images]
+        for row, (sims, names) in enumerate(zip(similarities, keys, strict=True)):
+            i = row % len(images)
+            kept = [(s, k) for s, k in zip(sims, names, strict=True) if k not in exclude[i]][: self.pixel_top_k]
+            for similarity, key in kept:
+                found[i][key] = max(found[i].get(key, 0.0), pixel_score(float(similarity)))
+        return found
+
+
+def _spread(n: int, at_most: int) -> list[int]:
+    """Up to `at_most` indices spread evenly over range(n) (a deterministic sample)."""
+    if n <= at_most:
+        return list(range(n))
+    return [int(i) for i in np.linspace(0, n - 1, at_most).round().astype(int)]

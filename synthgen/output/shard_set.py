@@ -1,0 +1,136 @@
+"""Resumable shard sets: shard `i` written in every format, all or nothing, and proof of which are complete.
+
+`ShardSet.write_shard` writes a shard through every format's writer (temp files), renames them into place,
+then writes a small JSON marker. A shard counts as done only when its marker exists and every recorded
+file still has the recorded sha256, so an interrupted or tampered run redoes exactly the shards that are
+not provably complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthgen.atomic import write_json
+from synthgen.output.folder import OutputFolder
+from synthgen.output.writers import (
+    FORMATS,
+    WRITERS,
+    ShardFile,
+    ShardWriter,
+    check_image_format,
+    encode_image,
+    sample_provenance,
+)
+from synthgen.provenance import sha256_file
+from synthgen.sample import Sample
+
+
+@dataclass
+class ShardRecord:
+    """What the completion marker of one shard holds."""
+
+    index: int
+    files: list[ShardFile]
+    keys: list[str]
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def formats(self) -> set[str]:
+        return {f.format for f in self.files}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShardRecord:
+        files = [ShardFile(**f) for f in data["files"]]
+        counts = {str(k): int(v) for k, v in data["class_counts"].items()}
+        return cls(int(data["index"]), files, list(data["keys"]), counts)
+
+
+def _valid_record(out_dir: Path, marker: Path) -> ShardRecord | None:
+    """The marker's record if it parses and every file it names still matches; else None."""
+    try:
+        record = ShardRecord.from_dict(json.loads(marker.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for shard in record.files:
+        path = out_dir / shard.path
+        if not path.is_file() or path.stat().st_size != shard.bytes or sha256_file(path) != shard.sha256:
+            return None
+    return record
+
+
+def load_completed(out_dir: str | Path) -> dict[int, ShardRecord]:
+    """Shards with a valid marker whose files still hash as recorded, by index."""
+    out_dir = Path(out_dir)
+    completed: dict[int, ShardRecord] = {}
+    for marker in OutputFolder(out_dir).markers():
+        record = _valid_record(out_dir, marker)
+        if record is not None and marker.name == f"shard-{record.index:05d}.json":
+            completed[record.index] = record
+    return completed
+
+
+class ShardSet:
+    """Writes shards in every requested format, all-or-nothing, and knows which are complete."""
+
+    def __init__(
+        self, out_dir: str | Path, formats: Iterable[str] = FORMATS, image_format: str = "png", jpeg_quality: int = 95
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.formats = list(dict.fromkeys(formats))
+        unknown = [f for f in self.formats if f not in WRITERS]
+        if unknown or not self.formats:
+            raise ValueError(f"unknown output format(s) {unknown}: use {list(FORMATS)}")
+        self.image_format = check_image_format(image_format)
+        self.jpeg_quality = jpeg_quality
+
+    def is_complete(self, index: int, record: ShardRecord | None = None) -> bool:
+        """Whether shard `index` is on disk in every format; pass a `load_completed` record to skip re-hashing."""
+        if record is None:
+            record = _valid_record(self.out_dir, OutputFolder(self.out_dir).marker(index))
+        return record is not None and record.index == index and set(self.formats) <= record.formats
+
+    def write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
+        """Write shard `index` in every format; on any error no file of this shard and no marker remain.
+
+        Returns the record its marker holds (files with sha256, keys, class counts).
+        """
+        marker = OutputFolder(self.out_dir).marker(index)
+        marker.unlink(missing_ok=True)  # the old marker no longer describes what is on disk
+        writers: list[ShardWriter] = []
+        try:
+            for fmt in self.formats:
+                writers.append(WRITERS[fmt](self.out_dir, index, self.image_format, self.jpeg_quality))
+            labels: Counter[str] = Counter()
+            for sample in samples:
+                data = encode_image(sample.image, self.image_format, self.jpeg_quality)
+                record = sample_provenance(sample)
+                labels[record["label"]] += 1
+                for writer in writers:
+                    writer.write_encoded(sample.key, data, record)
+            files = [writer.finish() for writer in writers]
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            self._remove_files(writers)
+            raise
+        try:
+            for writer in writers:
+                writer.commit()
+            done = ShardRecord(index, files, [s.key for s in samples], dict(sorted(labels.items())))
+            write_json(marker, asdict(done))
+        except BaseException:
+            marker.unlink(missing_ok=True)
+            self._remove_files(writers)
+            raise
+        return done
+
+    @staticmethod
+    def _remove_files(writers: list[ShardWriter]) -> None:
+        """Files of a shard that has no marker are stale (an earlier run's); none may survive a failure."""
+        for writer in writers:
+            writer.path.unlink(missing_ok=True)

@@ -1,0 +1,233 @@
+"""Shard writers: Parquet in the Hugging Face Image layout and WebDataset tars, behind one small interface.
+
+Like img2dataset's sample writers, each format is a class with `write(sample)`, `close()` and `abort()`;
+a writer writes into a temp file beside its final path, so a reader never sees half a shard. Which shards
+are complete, and the all-or-nothing writing of one shard in every format, are `shard_set.py`'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from synthgen.atomic import atomic_path
+from synthgen.provenance import PROVENANCE_FIELDS, PROVENANCE_SCHEMA, provenance_record, sha256_file
+from synthgen.sample import Sample
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+FORMATS = ("parquet", "webdataset")
+EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+_ROW_GROUP = 100  # small row groups keep image Parquet streamable (Hugging Face viewer advice)
+
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+_HF_DTYPE_NAMES = {"float": "float32", "double": "float64"}  # arrow names that differ from `datasets`'
+
+
+def hf_features() -> dict[str, dict[str, str]]:
+    """Hugging Face `datasets` features of the Parquet shards (also used by the dataset card)."""
+    features = {"key": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"}}
+    for f in PROVENANCE_SCHEMA:
+        features[f.name] = {"dtype": _HF_DTYPE_NAMES.get(str(f.type), str(f.type)), "_type": "Value"}
+    return features
+
+
+PARQUET_SCHEMA: pa.Schema = pa.schema(
+    [pa.field("key", pa.string(), nullable=False), pa.field("image", IMAGE_TYPE), *PROVENANCE_SCHEMA],
+    metadata={b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()},
+)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One written shard file; `path` is relative to the output folder (posix)."""
+
+    format: str
+    path: str
+    sha256: str
+    num_samples: int
+    bytes: int
+
+
+def check_key(key: str) -> str:
+    """Keys become file stems and WebDataset groups on the first dot, so only [A-Za-z0-9_-] is safe."""
+    if not isinstance(key, str) or not KEY_PATTERN.match(key):
+        raise ValueError(f"invalid sample key {key!r}: use only letters, digits, '_' and '-'")
+    return key
+
+
+def check_image_format(fmt: str) -> str:
+    if fmt not in EXTENSIONS:
+        raise ValueError(f"unknown image format {fmt!r}: use 'png' or 'jpeg'")
+    return fmt
+
+
+def encode_image(image: Image.Image, fmt: str, quality: int = 95) -> bytes:
+    """Encode once per sample for all writers; PNG output is deterministic (no text chunks or times)."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"expected a PIL image, got {type(image).__name__}")
+    buffer = io.BytesIO()
+    if check_image_format(fmt) == "png":
+        image.save(buffer, format="PNG", compress_level=6, optimize=False)
+    else:
+        if image.mode not in ("RGB", "L", "CMYK"):
+            image = image.convert("L" if image.mode in ("LA", "I", "I;16", "F") else "RGB")
+        image.save(buffer, format="JPEG", quality=int(quality), optimize=False)
+    return buffer.getvalue()
+
+
+def sample_provenance(sample: Sample) -> dict[str, Any]:
+    """The sample's validated provenance; only PROVENANCE_FIELDS leave `metadata` (see provenance.py)."""
+    values = {k: v for k, v in sample.metadata.items() if k in PROVENANCE_FIELDS}
+    for name, attribute in (("label", sample.label), ("prompt", sample.text)):
+        if values.get(name) is None:
+            values[name] = attribute
+        elif attribute and attribute != values[name]:
+            raise ValueError(f"sample {sample.key}: {name} {attribute!r} != metadata {values[name]!r}")
+    return provenance_record(**values)
+
+
+class ShardWriter:
+    """Writes into a temp file beside the final path; `finish` + `commit` (= `close`) make it visible.
+
+    The split lets `ShardSet` finish every format before renaming any, so one failing format
+    leaves no file of the shard.
+    """
+
+    format = folder = suffix = ""  # set by subclasses
+
+    def __init__(
+        self, out_dir: str | Path, shard_index: int, image_format: str = "png", jpeg_quality: int = 95
+    ) -> None:
+        self.relpath = f"{self.folder}/shard-{shard_index:05d}.{self.suffix}"
+        self.path = Path(out_dir) / self.relpath
+        self.image_format = check_image_format(image_format)
+        self.ext = EXTENSIONS[image_format]
+        self.jpeg_quality = jpeg_quality
+        self.num_samples = 0
+        self._keys: set[str] = set()
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path))
+        self._finished: ShardFile | None = None
+        try:
+            self._open()
+        except BaseException:
+            self.abort()  # do not leave the temp file behind
+            raise
+
+    def write(self, sample: Sample) -> None:
+        data = encode_image(sample.image, self.image_format, self.jpeg_quality)
+        self.write_encoded(sample.key, data, sample_provenance(sample))
+
+    def write_encoded(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
+        """Write an already encoded image (in `image_format`) with its `sample_provenance` record."""
+        if check_key(key) in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.relpath}")
+        self._keys.add(key)
+        self._write(key, image_bytes, record)
+        self.num_samples += 1
+
+    def finish(self) -> ShardFile:
+        """Complete the temp file (not yet visible) and describe it."""
+        if self._finished is None:
+            self._close_file()
+            digest, size = sha256_file(self._tmp), self._tmp.stat().st_size
+            self._finished = ShardFile(self.format, self.relpath, digest, self.num_samples, size)
+        return self._finished
+
+    def commit(self) -> None:
+        """Rename the finished temp file onto the final path."""
+        if self._finished is None:
+            raise RuntimeError("finish() before commit()")
+        self._stack.close()
+
+    def close(self) -> ShardFile:
+        shard = self.finish()
+        self.commit()
+        return shard
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_file()
+        error = RuntimeError("shard aborted")
+        self._stack.__exit__(type(error), error, None)  # atomic_path drops the temp file
+
+    def _open(self) -> None:  # pragma: no cover - subclasses open `self._tmp`
+        raise NotImplementedError
+
+    def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _close_file(self) -> None:  # pragma: no cover - must be idempotent
+        raise NotImplementedError
+
+
+class ParquetShardWriter(ShardWriter):
+    """`data/shard-NNNNN.parquet`: key, image{bytes, path}, provenance columns; loads with `datasets`."""
+
+    format, folder, suffix = "parquet", "data", "parquet"
+
+    _writer: pq.ParquetWriter | None = None
+
+    def _open(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self._writer = pq.ParquetWriter(self._tmp, PARQUET_SCHEMA)
+
+    def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
+        image = {"bytes": image_bytes, "path": f"{key}.{self.ext}"}
+        self._rows.append({"key": key, "image": image, **record})
+        if len(self._rows) >= _ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows and self._writer is not None:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=PARQUET_SCHEMA))
+            self._rows = []
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+
+
+class WebDatasetShardWriter(ShardWriter):
+    """`webdataset/shard-NNNNN.tar` with `{key}.png|jpg`, `{key}.json`, `{key}.txt`; byte-reproducible."""
+
+    format, folder, suffix = "webdataset", "webdataset", "tar"
+
+    _tar: tarfile.TarFile | None = None
+
+    def _open(self) -> None:
+        # Open across write() calls; closed by finish()/abort(), so no `with` block fits.
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)  # fixed metadata: identical samples give a byte-identical tar
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
+        assert self._tar is not None
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
+        meta = json.dumps({"key": key, **record}, ensure_ascii=False, separators=(",", ":"))
+        self._add(f"{key}.{self.ext}", image_bytes)
+        self._add(f"{key}.json", meta.encode("utf-8"))
+        self._add(f"{key}.txt", record["prompt"].encode("utf-8"))
+
+    def _close_file(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+
+
+WRITERS: dict[str, type[ShardWriter]] = {"parquet": ParquetShardWriter, "webdataset": WebDatasetShardWriter}

@@ -1,0 +1,51 @@
+"""The recipe: a validated YAML description of one synthetic dataset (model, classes, sampling, audit, output).
+
+`schema` holds the pydantic models; `loading` reads a file and turns every failure into one line naming the
+file and field. Callers import from here.
+"""
+
+from synthgen.recipe.loading import (
+    MAX_RECIPE_BYTES,
+    canonical_json,
+    format_validation_error,
+    json_schema,
+    load_recipe,
+    parse_recipe,
+)
+from synthgen.recipe.schema import (
+    AuditConfig,
+    ClassConfig,
+    LoadedRecipe,
+    LoRAConfig,
+    ModelConfig,
+    OutputConfig,
+    PrivacyConfig,
+    PromptTemplate,
+    Recipe,
+    SamplingConfig,
+    TextEncoderConfig,
+    TrainingConfig,
+    TrainingLoopConfig,
+)
+
+__all__ = [
+    "MAX_RECIPE_BYTES",
+    "AuditConfig",
+    "ClassConfig",
+    "LoRAConfig",
+    "LoadedRecipe",
+    "ModelConfig",
+    "OutputConfig",
+    "PrivacyConfig",
+    "PromptTemplate",
+    "Recipe",
+    "SamplingConfig",
+    "TextEncoderConfig",
+    "TrainingConfig",
+    "TrainingLoopConfig",
+    "canonical_json",
+    "format_validation_error",
+    "json_schema",
+    "load_recipe",
+    "parse_recipe",
+]

@@ -1,0 +1,373 @@
+"""The recipe schema: pydantic models of one synthetic dataset (model, classes, sampling, audit, output).
+
+Unknown keys are rejected everywhere (`extra="forbid"`); validators raise `FieldError` to point below the
+validated field. `loading.py` turns any failure into a one-line `SynthgenError`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from synthgen.sources.spec import SourceSpec
+
+CLASS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_CLASS_COUNT = 1_000_000  # keeps sample keys `<class>-<6 digits>` unique and the plan small enough to hold
+Scheduler = Literal["ddim", "dpm-solver++", "euler", "ddpm"]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class FieldError(ValueError):
+    """A validator's error about a field below the validated one (`path` is appended to pydantic's location)."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Precision = Literal["auto", "no", "fp16", "bf16"]
+
+
+class TrainingLoopConfig(_Strict):
+    """Settings every synthgen training loop shares (MSDM from scratch and LoRA fine-tuning)."""
+
+    data: SourceSpec = Field(description="Training images with captions (`text`) and labels.")
+    resolution: PositiveInt = Field(64, multiple_of=16, description="Training and generation side in pixels.")
+    batch_size: PositiveInt = Field(16, description="Images per optimizer step (the logical batch).")
+    gradient_accumulation: PositiveInt = Field(
+        1, description="Micro-batches per optimizer step (each batch_size / gradient_accumulation images)."
+    )
+    learning_rate: PositiveFloat = Field(1e-3)
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="Share of captions replaced by '' (for CFG).")
+    mixed_precision: Precision = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp16 on GPU; none on CPU."
+    )
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the denoiser's weights (0: no EMA).")
+    validation_split: float = Field(
+        0.05, ge=0, lt=0.5, description="Share of training images held out for the validation loss (0: none)."
+    )
+    checkpoint_every: PositiveInt = Field(
+        500, description="Optimizer steps between checkpoints (resume points, validation loss, sample grid)."
+    )
+    seed: int = Field(0)
+
+    def micro_batch_size(self) -> int:
+        return max(1, self.batch_size // self.gradient_accumulation)
+
+
+class TextEncoderConfig(_Strict):
+    """The text encoder: a small BERT learnt with the UNet (default) or a pretrained BERT-family / CLIP model."""
+
+    pretrained: str | None = Field(
+        None,
+        min_length=1,
+        description="Local folder or hub id of a BERT-family (BiomedBERT, BioClinicalBERT, CXR-BERT) or CLIP text "
+        "model with its tokenizer; default: a small BERT trained from scratch with the UNet.",
+    )
+    train: bool = Field(True, description="Fine-tune the text encoder with the UNet (false: frozen).")
+    tokenizer_corpus: Literal["auto", "captions", "prompts"] = Field(
+        "auto",
+        description="What the built-in BERT's WordPiece vocabulary is learnt from: the training captions, or only "
+        "the recipe's class prompts (public text). auto: prompts when `privacy` is set, else captions.",
+    )
+
+
+class TrainingConfig(TrainingLoopConfig):
+    """Train a compact MSDM (VAE + UNet + text encoder) on `data` before generating."""
+
+    preset: Literal["tiny", "small", "base"] = Field("tiny", description="Model size preset (see docs/models.md).")
+    vae: str | None = Field(
+        None, min_length=1, description="Folder of a pretrained AutoencoderKL to use instead of training one."
+    )
+    vae_steps: NonNegativeInt = Field(600, description="Optimizer steps for the VAE (ignored with `vae`).")
+    unet_steps: PositiveInt = Field(1500, description="Optimizer steps for the UNet and text encoder.")
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+
+
+class LoRAConfig(TrainingLoopConfig):
+    """LoRA fine-tuning (peft) of a pretrained SD-family pipeline's UNet on `data`."""
+
+    resolution: PositiveInt | None = Field(  # type: ignore[assignment]
+        None, multiple_of=16, description="Training side in pixels; default: the pipeline's."
+    )
+    learning_rate: PositiveFloat = Field(1e-4)
+    steps: PositiveInt = Field(1000, description="Optimizer steps.")
+    rank: PositiveInt = Field(8, description="LoRA rank.")
+    alpha: PositiveFloat | None = Field(None, description="LoRA alpha; default: the rank.")
+    target_modules: list[NonEmptyStr] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0"], min_length=1, description="UNet modules that get LoRA adapters."
+    )
+
+
+class PrivacyConfig(_Strict):
+    """Differentially private training (DP-SGD, Opacus) of everything that sees the training data."""
+
+    target_epsilon: PositiveFloat = Field(description="Privacy budget the whole training may spend.")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="DP delta; default: 1 / (10 x number of training images)."
+    )
+    max_grad_norm: PositiveFloat = Field(1.0, description="Per-sample gradient clipping norm.")
+    accountant: Literal["rdp", "prv", "gdp"] = Field("prv", description="Opacus privacy accountant.")
+
+
+class ModelConfig(_Strict):
+    """A pretrained diffusers pipeline (`pretrained`, optionally LoRA-fine-tuned) or an MSDM trained by synthgen."""
+
+    pretrained: str | None = Field(
+        None, min_length=1, description="Local diffusers pipeline folder or Hugging Face hub id."
+    )
+    revision: str | None = Field(None, min_length=1, description="Hub revision (with a hub id).")
+    train: TrainingConfig | None = Field(None, description="Train an MSDM on this data instead.")
+    lora: LoRAConfig | None = Field(None, description="LoRA-fine-tune the `pretrained` pipeline on this data.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelConfig:
+        if (self.pretrained is None) == (self.train is None):
+            which = "neither is set" if self.pretrained is None else "both are set"
+            raise ValueError(f"give exactly one of `pretrained` or `train` ({which})")
+        if self.lora is not None and self.pretrained is None:
+            raise FieldError(("lora",), "LoRA fine-tunes a pretrained pipeline; set `pretrained` too")
+        return self
+
+    def training_data(self) -> SourceSpec | None:
+        """The data this recipe trains or fine-tunes on (None for a pretrained model used as is)."""
+        loop = self.train or self.lora
+        return loop.data if loop else None
+
+
+class PromptTemplate(_Strict):
+    """A prompt with `{variable}` slots and a relative weight."""
+
+    template: str = Field(min_length=1)
+    weight: PositiveFloat = 1.0
+
+
+class ClassConfig(_Strict):
+    """How many images of one class and which prompts make them."""
+
+    count: PositiveInt = Field(le=MAX_CLASS_COUNT, description="Number of images of this class in the output.")
+    prompts: list[NonEmptyStr | PromptTemplate] = Field(min_length=1, description="Prompt templates.")
+    variables: dict[str, list[str]] = Field(
+        default_factory=dict, description="Values for `{name}` slots; all combinations are used."
+    )
+
+    @field_validator("variables")
+    @classmethod
+    def _non_empty_values(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, options in value.items():
+            if not options:
+                raise FieldError((name,), f"variable '{name}' has no values")
+        return value
+
+    @model_validator(mode="after")
+    def _slots_defined(self) -> ClassConfig:
+        for index, template in enumerate(self.templates()):
+            text = template.template
+            try:
+                slots = [slot for _, slot, _, _ in string.Formatter().parse(text) if slot is not None]
+            except ValueError as error:
+                reason = f"prompt '{text}' is not a valid template ({error}); write {{{{ and }}}} for a brace"
+                raise FieldError(("prompts", index), reason) from None
+            for slot in slots:
+                if not slot.isidentifier():
+                    raise FieldError(
+                        ("prompts", index),
+                        f"prompt '{text}' has slot {{{slot}}}; a slot is a variable name (letters, digits, '_')",
+                    )
+                if slot not in self.variables:
+                    raise FieldError(
+                        ("prompts", index), f"prompt '{text}' uses {{{slot}}} but `variables` has no '{slot}'"
+                    )
+            try:  # format specs and conversions ({size:d}, {size!z}) fail only when filled in
+                text.format(**{name: values[0] for name, values in self.variables.items()})
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+                raise FieldError(("prompts", index), f"prompt '{text}' cannot be filled in: {error}") from None
+        return self
+
+    def templates(self) -> list[PromptTemplate]:
+        return [p if isinstance(p, PromptTemplate) else PromptTemplate(template=p) for p in self.prompts]
+
+
+class SamplingConfig(_Strict):
+    """Classifier-free-guidance sampling settings."""
+
+    scheduler: Scheduler = "ddim"
+    steps: PositiveInt = Field(30, le=1000)
+    guidance_scale: float = Field(3.5, ge=0)
+    resolution: Annotated[int, Field(gt=0, multiple_of=8)] | None = Field(
+        None, description="Output side in pixels, a multiple of 8; default: the model's."
+    )
+    batch_size: PositiveInt = 8
+    seed: int = Field(0, description="Base seed; every sample's own seed derives from it.")
+    negative_prompt: str = ""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class AuditConfig(_Strict):
+    """Memorization audit: nearest training image of every synthetic image, copies flagged (and dropped)."""
+
+    enabled: bool = True
+    data: SourceSpec | None = Field(
+        None, description="Training data to audit against; default: the data the model trains on."
+    )
+    holdout: SourceSpec | None = Field(
+        None, description="Images of the same domain the model never saw (other patients): holdout metrics."
+    )
+    embedder: str = Field(
+        "copydetect",
+        description="Copy detector or embedder: copydetect (default, no weights), pixel, or a plug-in with local "
+        "weights: sscd:PATH, dinov2:PATH, timm:PATH, open_clip:PATH.",
+    )
+    threshold: float | Literal["auto"] = Field(
+        "auto",
+        description="Similarity at or above which a sample is a copy; auto: calibrated on the training data.",
+    )
+    target_fpr: float = Field(
+        0.01, gt=0, lt=0.5, description="With threshold auto: share of novel images allowed to be flagged."
+    )
+    index: Literal["auto", "exact", "ivf", "hnsw"] = Field(
+        "auto", description="Nearest-neighbour index: exact while fastest, approximate + exact re-rank beyond."
+    )
+    action: Literal["flag", "drop"] = Field("flag", description="Keep flagged samples (flag) or replace them.")
+    max_retries: NonNegativeInt = Field(3, description="With drop: new seeds tried per flagged sample.")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold_range(cls, value: Any) -> Any:
+        problem = f"must be a similarity in (-1, 1] or auto (got {describe_value(value)})"
+        if isinstance(value, str):
+            if value.strip().lower() == "auto":
+                return "auto"
+            raise ValueError(problem)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1 < value <= 1:
+            raise ValueError(problem)
+        return float(value)
+
+
+class OutputConfig(_Strict):
+    dir: str = Field("out", min_length=1, description="Output folder; relative to the recipe file.")
+    formats: list[Literal["parquet", "webdataset"]] = Field(["parquet", "webdataset"], min_length=1)
+    shard_size: PositiveInt = Field(1000, description="Samples per shard (the unit of work and resumption).")
+    image_format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+
+class Recipe(_Strict):
+    name: str = Field(min_length=1, pattern=NAME_PATTERN, description="Dataset name (letters, digits, _ . -).")
+    description: str = ""
+    domain: str = Field("", description="Free text, e.g. colonoscopy or radiology; goes to the dataset card.")
+    model: ModelConfig
+    classes: dict[str, ClassConfig] = Field(
+        min_length=1,
+        description="Class name -> what to generate for it.",
+        json_schema_extra={"propertyNames": {"pattern": CLASS_NAME_PATTERN}},
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    privacy: PrivacyConfig | None = Field(
+        None, description="Train with differential privacy (DP-SGD); the budget goes into every sample's provenance."
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _class_names(cls, value: dict[str, ClassConfig]) -> dict[str, ClassConfig]:
+        for name in value:
+            if not re.match(CLASS_NAME_PATTERN, str(name)):
+                raise FieldError(
+                    (name,),
+                    f"class name '{name}' must start with a letter or digit and hold only letters, digits, '_' or '-'",
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _audit_has_data(self) -> Recipe:
+        if self.audit.enabled and self.audit.data is None and self.model.training_data() is None:
+            raise FieldError(
+                ("audit", "data"),
+                "required when model.pretrained is used (nothing else to audit against); "
+                "add an audit.data source or set audit.enabled: false",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_covers_training(self) -> Recipe:
+        """Refuse recipes whose DP guarantee would be void: every part that sees the data must be trained privately."""
+        if self.privacy is None:
+            return self
+        if self.model.train is None and self.model.lora is None:
+            raise FieldError(("privacy",), "privacy applies to training, but this recipe trains nothing")
+        train = self.model.train
+        if (
+            train is not None
+            and train.text_encoder.pretrained is None
+            and train.text_encoder.tokenizer_corpus == "captions"
+        ):
+            raise FieldError(
+                ("model", "train", "text_encoder", "tokenizer_corpus"),
+                "with privacy the tokenizer must not be learnt from the private captions (DP-SGD does not cover it, "
+                "and rare words such as names would enter its vocabulary); use prompts or auto",
+            )
+        return self
+
+    def audit_data(self) -> SourceSpec | None:
+        if not self.audit.enabled:
+            return None
+        return self.audit.data or self.model.training_data()
+
+
+class LoadedRecipe(BaseModel):
+    """A validated recipe plus where it came from (for relative paths and provenance)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    recipe: Recipe
+    path: Path
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """Resolve a path written in the recipe relative to the recipe's folder (`~` expanded)."""
+        candidate = Path(relative).expanduser()
+        return candidate if candidate.is_absolute() else (self.base_dir / candidate)
+
+    def output_dir(self, override: str | Path | None = None) -> Path:
+        return Path(override) if override is not None else self.resolve(self.recipe.output.dir)
+
+
+def describe_value(value: Any) -> str:
+    """A value as the user wrote it in YAML, short."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,113 @@
+"""What every layer asks of the machine it runs on: device, dtype, threads, hub access, the cache root, progress.
+
+The bottom of the package (beside `errors`, `atomic`, `sample`, `provenance`): it imports nothing of synthgen
+but `errors`, and nothing heavy at import time, so the CLI starts fast. One owner for each of these
+concerns, so the build, training, the audit and the CLI make the same choice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from synthgen.errors import SynthgenError
+
+# `owner/name` as the Hugging Face hub spells a repository id (a local folder is tried first everywhere).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class Progress(Protocol):
+    """How long work reports itself: `stage` names it, `total` is None when unknown."""
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None: ...
+
+
+class Reporter:
+    """What long work tells the user: plain log lines and per-stage progress.
+
+    The CLI passes a rich implementation (bars on a terminal); Python callers may pass none (silent).
+    """
+
+    def log(self, message: str, warning: bool = False) -> None:  # noqa: B027 - optional hook
+        """Plain text (no markup); `warning` marks something the user should look at."""
+
+    def progress(self, stage: str, done: int, total: int | None) -> None:  # noqa: B027 - optional hook
+        """A `Progress` callback: `stage` names the work, `total` is None when unknown."""
+
+
+def pick_device(requested: str | None = "auto", field: str = "sampling.device"):
+    """`auto` (or None) prefers CUDA, then Apple MPS, then CPU; an explicit device that is missing is an error.
+
+    `field` names the setting in that error (the recipe's `sampling.device`, or a CLI flag).
+    """
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    requested = requested or "auto"
+    if requested == "auto":
+        requested = next(name for name in ("cuda", "mps", "cpu") if available[name])
+    if requested.split(":")[0] not in available:
+        raise SynthgenError(f"{field}: unknown device '{requested}' (use auto, cpu, cuda or mps)")
+    if not available[requested.split(":")[0]]:
+        raise SynthgenError(f"{field}: '{requested}' is not available on this machine")
+    return torch.device(requested)
+
+
+def pick_dtype(device):
+    """Half precision on accelerators (bf16 where supported: no fp16 VAE overflow), fp32 on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def use_all_cores() -> None:
+    """Let torch use every core this process may run on (CPU sampling and training are compute-bound)."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def dtype_kwarg(dtype) -> dict[str, Any]:
+    """diffusers renamed `torch_dtype` to `dtype` (2026, PR 14205); pass whichever this version understands."""
+    from diffusers.utils import deprecation_utils
+
+    renamed = hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE")
+    return {"dtype" if renamed else "torch_dtype": dtype}
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers load reports and progress bars: synthgen shows its own progress."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
+def offline() -> bool:
+    """True when the user forbade hub downloads (HF_HUB_OFFLINE): only local folders and the hub cache count."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def cache_root() -> Path:
+    """Where trained models and audit indexes are cached: $SYNTHGEN_CACHE, else ~/.cache/synthgen."""
+    return Path(os.environ.get("SYNTHGEN_CACHE", Path.home() / ".cache" / "synthgen"))
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line (libraries' messages run to pages), or its type when it has no text."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
