@@ -35,6 +35,7 @@ class BuildResult:
     model_id: str
     audit_summary: dict[str, Any] | None
     shortfall: dict[str, int] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # the manifest's `model` block
 
 
 class ShardBuilder:
@@ -119,11 +120,16 @@ def build(
     *,
     overwrite: bool = False,
     reporter: Reporter | None = None,
+    export_model: bool | None = None,
 ) -> BuildResult:
-    """Build (or resume) the dataset a recipe describes; returns what was written."""
+    """Build (or resume) the dataset a recipe describes; returns what was written.
+
+    `export_model` (None: the recipe's `output.export_model`) puts the model folder into the set as `model/`.
+    """
     from synthgen.generate import Generator
     from synthgen.models.loading import load_model, read_model_info
-    from synthgen.output.shard_set import ShardSet, load_completed
+    from synthgen.output.model_export import model_record
+    from synthgen.output.shard_set import ShardSet
     from synthgen.resolve import resolve_model
 
     reporter = reporter or Reporter()
@@ -136,11 +142,15 @@ def build(
     with folder.lock():
         with atomic_path(out / "recipe.yaml") as tmp:
             shutil.copyfile(loaded.path, tmp)
-        resolved = resolve_model(loaded, reporter.progress)
+        resolved = resolve_model(loaded, reporter.progress, reporter.log)  # log: resuming, budget spent
         reporter.log(f"model: {resolved.model_id} ({'trained now' if resolved.trained_now else 'cached'})")
         model_sha256 = resolved.sha256()
         dp = read_model_info(resolved.path).get("dp")
         provenance = _provenance(loaded, resolved.model_id, model_sha256, dp)
+        export = recipe.output.export_model if export_model is None else export_model
+        model = model_record(out, resolved.path, resolved.model_id, model_sha256, export)
+        if model["exported_path"]:
+            reporter.log(f"model folder in the set: {out / model['exported_path']}")
 
         @functools.cache
         def generator() -> Generator:  # loaded on first use: a finished build never loads the weights
@@ -149,31 +159,49 @@ def build(
             )
 
         auditor = _auditor(loaded, reporter)
-        shard_set = ShardSet(out, recipe.output.formats, recipe.output.image_format, recipe.output.jpeg_quality)
+        output = recipe.output
+        shard_set = ShardSet(
+            out, output.formats, output.image_format, output.jpeg_quality, classes=list(recipe.classes)
+        )
         builder = ShardBuilder(loaded, generator, auditor, reporter)
-        on_disk = load_completed(out)  # each finished shard's files are hashed once, here
-        records = {}
-        written = resumed = 0
-        for shard in plan.shards:
-            state_file = folder.audit_state(shard.index)
-            previous = on_disk.get(shard.index)
-            if shard_set.is_complete(shard.index, previous) and (auditor is None or state_file.is_file()):
-                records[shard.index] = previous
-                resumed += 1
-            else:
-                samples, log = builder.run(shard)
-                records[shard.index] = shard_set.write_shard(shard.index, samples)
-                if log is not None:
-                    write_json(state_file, log.state())
-                written += 1
-            reporter.progress("shards", written + resumed, len(plan.shards))
-        result = _finish(loaded, folder, plan, records, auditor, provenance, dp)
+        records, written, resumed = _run_shards(folder, plan, shard_set, builder, reporter)
+        result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model)
     result.shards_written, result.shards_resumed = written, resumed
     return result
 
 
+def _run_shards(folder: OutputFolder, plan: Plan, shard_set, builder: ShardBuilder, reporter: Reporter):
+    """Generate, audit and write every shard that is not provably complete; returns (records, written, resumed)."""
+    from synthgen.output.shard_set import load_completed
+
+    on_disk = load_completed(folder.path)  # each finished shard's files are hashed once, here
+    records = {}
+    written = resumed = 0
+    for shard in plan.shards:
+        state_file = folder.audit_state(shard.index)
+        previous = on_disk.get(shard.index)
+        if shard_set.is_complete(shard.index, previous) and (builder.auditor is None or state_file.is_file()):
+            records[shard.index] = previous
+            resumed += 1
+        else:
+            samples, log = builder.run(shard)
+            records[shard.index] = shard_set.write_shard(shard.index, samples)
+            if log is not None:
+                write_json(state_file, log.state())
+            written += 1
+        reporter.progress("shards", written + resumed, len(plan.shards))
+    return records, written, resumed
+
+
 def _finish(
-    loaded: LoadedRecipe, folder: OutputFolder, plan: Plan, records: dict, auditor, provenance: dict, dp: dict | None
+    loaded: LoadedRecipe,
+    folder: OutputFolder,
+    plan: Plan,
+    records: dict,
+    auditor,
+    provenance: dict,
+    dp: dict | None,
+    model: dict[str, Any],
 ) -> BuildResult:
     """Everything that describes the finished shards (`records`, by index): audit report, manifest, card."""
     from synthgen.output.dataset_card import write_dataset_card
@@ -190,12 +218,12 @@ def _finish(
 
     audit_summary = _write_audit_report(folder, plan, auditor, recipe.audit.action) if auditor else None
     audit_brief = _audit_brief(audit_summary, recipe.audit.action) if audit_summary else None
-    model = {"id": provenance["model_id"], "sha256": provenance["model_sha256"]}
     write_manifest(
         out,
         records,
         {
             "recipe": {"name": recipe.name, "sha256": loaded.sha256, "file": "recipe.yaml"},
+            "classes": list(recipe.classes),
             "model": model,
             "sampling": recipe.sampling.model_dump(mode="json"),
             "audit": audit_brief,
@@ -211,6 +239,8 @@ def _finish(
         description=recipe.description,
         domain=recipe.domain,
         class_counts=class_counts,
+        classes=list(recipe.classes),
+        model=model,
         formats=list(recipe.output.formats),
         provenance_summary={
             **{k: provenance[k] for k in ("model_id", "model_sha256", "recipe_name", "recipe_sha256")},
@@ -224,7 +254,7 @@ def _finish(
         preview=preview.name if preview else None,
     )
     folder.mark_done()
-    return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall)
+    return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall, model)
 
 
 def _write_audit_report(folder: OutputFolder, plan: Plan, auditor, action: str) -> dict[str, Any]:

@@ -6,20 +6,23 @@ answers at once. Every user error is one line on stderr and a non-zero exit, nev
 
 from __future__ import annotations
 
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from synthgen import __version__
+from synthgen.cli_session import (
+    apply_global_options,
+    console,
+    note,
+    out,
+    reporting,
+    user_errors,
+)
 from synthgen.errors import SynthgenError
-from synthgen.runtime import Reporter
 
 app = typer.Typer(
     name="synthgen",
@@ -29,8 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-out = Console()
 
 
 def _version(value: bool) -> None:
@@ -41,69 +42,45 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    threads: Annotated[
+        str | None,
+        typer.Option(
+            "--threads",
+            metavar="N",
+            help="CPU threads to use (default: $SYNTHGEN_THREADS, else $OMP_NUM_THREADS, else the CPUs this "
+            "process may run on).",
+            show_default=False,
+        ),
+    ] = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-file",
+            metavar="PATH",
+            help="Also append progress lines, messages and any error, timestamped, to this file.",
+        ),
+    ] = None,
+    progress_every: Annotated[
+        str | None,
+        typer.Option(
+            "--progress-every",
+            metavar="SECONDS",
+            help="Seconds between plain progress lines (no terminal, or --log-file); default: "
+            "$SYNTHGEN_PROGRESS_EVERY, else 30.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Synthetic medical image datasets with a memorization audit and per-sample provenance."""
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn `SynthgenError` into one red line and exit code 2; Ctrl-C into a hint that reruns resume."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except SynthgenError as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(error.exit_code) from None
-        except OSError as error:  # disk full, permission denied, a file where a folder should be...
-            where = f"{error.filename}: " if error.filename else ""
-            message = escape(where + (error.strerror or str(error)))
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted:[/] finished shards are kept; run the same command to resume")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-class RichReporter(Reporter):
-    """Maps pipeline progress callbacks (stage, done, total) onto rich progress bars, one per stage."""
-
-    def __init__(self, progress: Progress):
-        self._progress = progress
-        self._tasks: dict[str, Any] = {}
-
-    def log(self, message: str, warning: bool = False) -> None:
-        style = "yellow" if warning else None
-        self._progress.console.print(message, style=style, markup=False, highlight=False)
-
-    def progress(self, stage: str, done: int, total: int | None) -> None:
-        if stage not in self._tasks:
-            self.finish()  # a new stage means the earlier ones are over
-            self._tasks[stage] = self._progress.add_task(stage, total=total)
-        self._progress.update(self._tasks[stage], completed=done, total=total)
-
-    def finish(self) -> None:
-        """Close bars of stages whose length was unknown (or that ended early), so their clocks stop."""
-        for task in self._progress.tasks:
-            if not task.finished:
-                self._progress.update(task.id, total=task.completed)
-
-
-def _progress_bars() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    try:
+        apply_global_options(ctx, threads, log_file, progress_every)
+    except SynthgenError as error:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(error.exit_code) from None
 
 
 def _load(recipe: Path):
@@ -120,13 +97,29 @@ OutOption = Annotated[
 
 @app.command()
 @user_errors
-def validate(recipe: RecipeArg, out_dir: OutOption = None) -> None:
-    """Check a recipe as a build would (schema, files, classes, model, audit data, output folder)."""
+def validate(
+    recipe: RecipeArg,
+    out_dir: OutOption = None,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Decode every image of the data (default: 32 spread over each set).")
+    ] = False,
+) -> None:
+    """Check a recipe as a build would (schema, files, columns, classes vs labels, images, model, output)."""
     from synthgen.validate import validate_recipe
 
-    for line in validate_recipe(_load(recipe), out_dir):
-        out.print(f"  {line}", markup=False, highlight=False)
+    for line in _print_warnings(validate_recipe(_load(recipe), out_dir, deep=deep)):
+        out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)  # one line each, for grep
     out.print(f"[green]ok[/]: {escape(str(recipe))} is valid")
+
+
+def _print_warnings(lines: list[str]) -> list[str]:
+    """Print validate's `warning: ` lines on stderr (yellow); return the others."""
+    from synthgen.sources.checks import WARNING
+
+    for line in lines:
+        if line.startswith(WARNING):
+            console.print(f"[yellow]warning:[/] {escape(line.removeprefix(WARNING))}", highlight=False, soft_wrap=True)
+    return [line for line in lines if not line.startswith(WARNING)]
 
 
 @app.command()
@@ -137,17 +130,23 @@ def build(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an output folder that holds another recipe's build.")
     ] = False,
+    export_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--export-model/--no-export-model",
+            help="Put the model folder into the output as model/ (hard links where possible); "
+            "default: the recipe's output.export_model.",
+        ),
+    ] = None,
 ) -> None:
     """Build the dataset a recipe describes (resumes an interrupted build in the same folder)."""
     from synthgen.build import build as run_build
     from synthgen.validate import validate_recipe
 
     loaded = _load(recipe)
-    validate_recipe(loaded, out_dir, overwrite)
-    with _progress_bars() as bars:
-        reporter = RichReporter(bars)
-        result = run_build(loaded, out_dir, overwrite=overwrite, reporter=reporter)
-        reporter.finish()
+    _print_warnings(validate_recipe(loaded, out_dir, overwrite))
+    with reporting() as reporter:
+        result = run_build(loaded, out_dir, overwrite=overwrite, reporter=reporter, export_model=export_model)
     from rich.table import Table
 
     out.print(
@@ -171,6 +170,9 @@ def build(
             highlight=False,
         )
     out.print(f"shards written {result.shards_written}, resumed {result.shards_resumed}")
+    folder = result.model.get("exported_path")
+    where = (result.out_dir / folder).resolve() if folder else result.model.get("path")
+    out.print(f"model: {result.model_id} ({where})", markup=False, highlight=False)
     if result.shortfall:
         console.print(f"[yellow]warning:[/] classes short of their count after dropping copies: {result.shortfall}")
 
@@ -201,8 +203,7 @@ def train(
     except SynthgenError:
         raise SynthgenError(f"--device: '{device}' is not available on this machine") from None
     source = open_source(config.data, loaded.base_dir)
-    with _progress_bars() as bars:
-        reporter = RichReporter(bars)
+    with reporting() as reporter:
         try:
             training.train_from_recipe(
                 loaded, source, out_dir, reporter.progress, device, overwrite=overwrite, notify=reporter.log
@@ -215,8 +216,8 @@ def train(
                 f"[yellow]interrupted:[/] {where}; run the same command to resume",
                 highlight=False,
             )
+            note(f"interrupted: {where}; run the same command to resume")
             raise typer.Exit(130) from None
-        reporter.finish()
     out.print(f"[green]saved[/] {escape(str(out_dir))} (load it with diffusers.DiffusionPipeline.from_pretrained)")
 
 
@@ -277,8 +278,7 @@ def audit(
     train_source = _open_flag("--train", train)
     candidate_source = None if candidates is None else _open_flag("--candidates", candidates)
     holdout_source = None if holdout is None else _open_flag("--holdout", holdout)
-    with _progress_bars() as bars:
-        reporter = RichReporter(bars)
+    with reporting() as reporter:
         summary = run_audit(
             train_source,
             candidate_source,
@@ -291,7 +291,6 @@ def audit(
             max_images=max_images,
             progress=reporter.progress,
         )
-        reporter.finish()
     _print_audit(summary)
     out.print(f"report: {out_dir / 'report.html'}", markup=False)
 
@@ -339,6 +338,27 @@ def _print_audit(summary: dict[str, Any]) -> None:
             console.print(f"[yellow]skipped {len(items)} unreadable image(s) in {escape(flag)}:[/]")
             for item in items[:20]:
                 console.print(f"  {item['key']}: {item['reason']}", markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
+def split(
+    src: Annotated[Path, typer.Argument(help="An imagefolder (metadata.csv / metadata.jsonl, or class folders).")],
+    by: Annotated[str, typer.Option("--by", help="Column whose value groups images (e.g. patient_id), or 'sequence'.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="New or empty folder for train/, holdout/, split.json.")],
+    holdout: Annotated[float, typer.Option(help="Share of the images held out, in (0, 1).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the group order (same seed, same split).")] = 0,
+) -> None:
+    """Split an imagefolder into train and holdout imagefolders with no group (patient, sequence) on both sides."""
+    from synthgen.split import split_imagefolder
+
+    result = split_imagefolder(src, by, holdout, out_dir, seed)
+    for line in result.lines():
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if result.links.get("copy"):
+        console.print(
+            f"[yellow]warning:[/] {result.links['copy']} images copied, not linked ({escape(result.copy_reason)})"
+        )
 
 
 @app.command()

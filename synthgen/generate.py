@@ -15,7 +15,7 @@ from synthgen.errors import SynthgenError
 from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
-from synthgen.runtime import use_all_cores
+from synthgen.runtime import use_cpu_threads
 from synthgen.sample import Sample
 
 SCHEDULERS = {
@@ -69,6 +69,12 @@ def set_scheduler(pipeline, name: str, explicit: bool = True) -> str:
     return name
 
 
+def image_mode(pipeline) -> str:
+    """PIL mode of the samples: "L" when the pipeline's VAE decodes one channel (a grayscale MSDM), else "RGB"."""
+    config = getattr(getattr(pipeline, "vae", None), "config", None)
+    return "L" if getattr(config, "out_channels", 3) == 1 else "RGB"
+
+
 def size_multiple(pipeline) -> int:
     """The side every output must be a multiple of: FLUX packs 2x2 latents, Kandinsky's MoVQ rounds to sf^2."""
     decoder = getattr(pipeline, "decoder_pipe", pipeline)
@@ -82,13 +88,14 @@ class Generator:
     """Turns jobs into samples with provenance; one instance per (model, sampling settings)."""
 
     def __init__(self, model: LoadedModel, sampling: SamplingConfig, provenance: dict[str, Any]):
-        use_all_cores()
+        use_cpu_threads()
         self.model = model
         self.sampling = sampling
         self.resolution = sampling.resolution or model.default_resolution
         self.provenance = provenance
         pipeline = model.pipeline
         self._accepts = set(inspect.signature(pipeline.__call__).parameters)
+        self.mode = image_mode(pipeline)
         explicit = "scheduler" in sampling.model_fields_set
         self.scheduler = set_scheduler(pipeline, sampling.scheduler, explicit)
         multiple = size_multiple(pipeline)
@@ -187,4 +194,5 @@ class Generator:
             "audit_attempt": job.attempt,
             "synthgen_version": __version__,
         }
-        return Sample(key=job.key, image=image.convert("RGB"), text=job.prompt, label=job.label, metadata=metadata)
+        image = image.convert(self.mode)  # diffusers returns "L" for a one-channel VAE; the rest stays RGB
+        return Sample(key=job.key, image=image, text=job.prompt, label=job.label, metadata=metadata)

@@ -81,6 +81,14 @@ def _is_temp(path: Path, root: Path) -> bool:
     return path.relative_to(root).parts[0] == ".checkpoints"
 
 
+def content_files(folder: str | os.PathLike) -> list[tuple[str, Path]]:
+    """A folder's content as sorted (relative posix path, file) pairs: what `sha256_tree` hashes."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or folder")
+    return sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p, root))
+
+
 def sha256_tree(path: str | os.PathLike) -> str:
     """sha256 of a file, or of a folder as sorted (relative posix path, file sha256) pairs.
 
@@ -90,13 +98,8 @@ def sha256_tree(path: str | os.PathLike) -> str:
     root = Path(path)
     if root.is_file():
         return sha256_file(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    files = sorted(
-        (p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file() and not _is_temp(p, root)
-    )
     digest = hashlib.sha256()
-    for relative, file in files:
+    for relative, file in content_files(root):
         digest.update(f"{relative}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 

@@ -4,20 +4,24 @@
 returns a folder that `DiffusionPipeline.from_pretrained` can load, training first (through `synthgen.train`,
 the one front door of training) when the recipe asks for an MSDM or a LoRA fine-tune that is not cached yet.
 Trained models are cached under `$SYNTHGEN_CACHE/models`, named after their key (`train.recipe_training_key`,
-`train.lora_key`).
+`train.lora_key`). Their ids (`synthgen://msdm-tiny-<key>`, `synthgen://lora-<key>`) cannot be mistaken
+for hub ids; a hub pipeline keeps its hub id and a local pipeline folder is named by its resolved path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthgen.models.locate import check_pretrained, local_pipeline, pretrained_path
+from synthgen.models.locate import check_pretrained, hub_snapshot, local_pipeline
 from synthgen.provenance import sha256_tree
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Progress, cache_root
 from synthgen.sources import open_readable, open_source
 from synthgen.train import check_lora, lora_key, recipe_training_key, train_from_recipe
+
+MODEL_SCHEME = "synthgen://"  # ids of models synthgen trained (the folder is in the manifest's `model.path`)
 
 
 @dataclass(frozen=True)
@@ -42,35 +46,40 @@ def check_model(loaded: LoadedRecipe) -> str:
     return f"train MSDM-{model.train.preset} on {source.description}"
 
 
-def resolve_model(loaded: LoadedRecipe, progress: Progress | None = None) -> ResolvedModel:
+def resolve_model(
+    loaded: LoadedRecipe, progress: Progress | None = None, notify: Callable[[str], None] | None = None
+) -> ResolvedModel:
     """A loadable pipeline folder for the recipe's model; trains (and caches) an MSDM or a LoRA when asked."""
     model = loaded.recipe.model
     if model.pretrained:
-        path = pretrained_path(loaded)
+        local = local_pipeline(loaded, model.pretrained)
+        path = local.resolve() if local is not None else hub_snapshot(model.pretrained, model.revision)
         if model.lora is None:
-            return ResolvedModel(path, model.pretrained)
-        return _resolve_lora(loaded, path, progress)
+            return ResolvedModel(path, str(path) if local is not None else model.pretrained)
+        return _resolve_lora(loaded, path, progress, notify)
     config = model.train
     source = open_source(config.data, loaded.base_dir)
     key = recipe_training_key(loaded, source.fingerprint())  # covers privacy and the prompts, not just settings
     path = cache_root() / "models" / f"msdm-{config.preset}-{key}"
-    model_id = f"synthgen/msdm-{config.preset}-{key}"
+    model_id = f"{MODEL_SCHEME}msdm-{config.preset}-{key}"
     if (path / "model_index.json").is_file():
         return ResolvedModel(path, model_id)
-    train_from_recipe(loaded, source, path, progress, device=loaded.recipe.sampling.device)
+    train_from_recipe(loaded, source, path, progress, device=loaded.recipe.sampling.device, notify=notify)
     return ResolvedModel(path, model_id, trained_now=True)
 
 
-def _resolve_lora(loaded: LoadedRecipe, base: Path, progress: Progress | None) -> ResolvedModel:
+def _resolve_lora(
+    loaded: LoadedRecipe, base: Path, progress: Progress | None, notify: Callable[[str], None] | None
+) -> ResolvedModel:
     """The cached LoRA fine-tune of `base` for these settings and data, trained first when missing."""
     config = loaded.recipe.model.lora
     source = open_source(config.data, loaded.base_dir)
     base_sha256 = sha256_tree(base)
     key = lora_key(config, source.fingerprint(), base_sha256)
     path = cache_root() / "models" / f"lora-{key}"
-    model_id = f"synthgen/lora-{key}"
+    model_id = f"{MODEL_SCHEME}lora-{key}"
     if (path / "model_index.json").is_file():
         return ResolvedModel(path, model_id)
     device = loaded.recipe.sampling.device
-    train_from_recipe(loaded, source, path, progress, device, base=base, base_sha256=base_sha256)
+    train_from_recipe(loaded, source, path, progress, device, base=base, base_sha256=base_sha256, notify=notify)
     return ResolvedModel(path, model_id, trained_now=True)

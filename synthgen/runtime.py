@@ -7,6 +7,7 @@ concerns, so the build, training, the audit and the CLI make the same choice.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -70,11 +71,60 @@ def pick_dtype(device):
     return torch.float32
 
 
-def use_all_cores() -> None:
-    """Let torch use every core this process may run on (CPU sampling and training are compute-bound)."""
-    import torch
+def cpu_threads() -> int:
+    """The CPU threads synthgen may use: $SYNTHGEN_THREADS, else $OMP_NUM_THREADS, else the CPUs this process
+    may run on (its affinity mask: a batch scheduler's or container's share, not the whole machine)."""
+    for variable in ("SYNTHGEN_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "").strip()
+        if variable == "OMP_NUM_THREADS":
+            value = value.split(",")[0].strip()  # "8,2" sets nested OpenMP levels: the outer one is ours
+        if value:
+            try:
+                count = int(value)
+            except ValueError:
+                raise SynthgenError(f"{variable}: must be a whole number of threads, got {value!r}") from None
+            if count < 1:
+                raise SynthgenError(f"{variable}: must be at least 1, got {count}")
+            return count
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS and Windows have no affinity mask
+        return max(1, os.cpu_count() or 1)
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+def set_cpu_threads(value: int | str, name: str = "--threads") -> int:
+    """Fix this process's thread count (the CLI's `--threads`): SYNTHGEN_THREADS, and OMP_NUM_THREADS for the
+    OpenMP and BLAS pools that libraries size when they load. `name` labels a bad value in the one-line error."""
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        raise SynthgenError(f"{name}: must be a whole number of threads, got {value!r}") from None
+    if count < 1:
+        raise SynthgenError(f"{name}: must be at least 1, got {count}")
+    os.environ["SYNTHGEN_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(count)
+    return count
+
+
+def use_cpu_threads(libraries: tuple[str, ...] = ("torch",)) -> int:
+    """Give torch, FAISS and OpenCV exactly `cpu_threads()` threads each; returns the count.
+
+    Sampling, training and the audit are compute-bound: more threads than CPUs, or two processes each taking
+    every core, slow a step down many times over. Each library named in `libraries` ("torch", "faiss", "cv2")
+    is imported and limited; one already imported is limited too; the others are left unloaded.
+    """
+    import sys
+
+    count = cpu_threads()
+    for name, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads"), ("cv2", "setNumThreads")):
+        module = sys.modules.get(name)
+        if module is None and name in libraries:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:  # an optional library that is not installed has no threads to limit
+                continue
+        if module is not None and hasattr(module, setter):
+            getattr(module, setter)(count)
+    return count
 
 
 def dtype_kwarg(dtype) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: `real_data_dir` points at the real image sets, or skips the test when absent."""
+"""Shared fixtures: `real_data_dir` points at the real image sets, or skips the test when absent; `model_cache` +
+`isolated_cache` give a test module its own model cache (opt in with `pytest.mark.usefixtures("isolated_cache")`)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,15 @@ def real_data_dir() -> Path:
     if os.environ.get("CI"):  # CI always runs the real-data tests: a missing folder is a failure there
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache per test module: its tiny models train once, and no test sees another module's."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def isolated_cache(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(model_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -16,7 +16,7 @@ from synthgen.errors import SynthgenError
 from synthgen.provenance import sha256_file
 from synthgen.recipe import load_recipe
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("isolated_cache")]
 
 TINY = {
     "name": "tiny",
@@ -56,17 +56,6 @@ def write_recipe(folder: Path, **overrides) -> Path:
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SYNTHGEN_CACHE", str(model_cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +165,9 @@ def test_trained_model_loads_without_synthgen_and_as_pretrained(built: Path, tmp
     import torch
     from diffusers import DiffusionPipeline
 
-    model_dir = Path(json.loads((built / "manifest.json").read_text())["model"]["id"].split("/")[-1])
-    cache = Path(__import__("os").environ["SYNTHGEN_CACHE"]) / "models" / model_dir
+    model = json.loads((built / "manifest.json").read_text())["model"]
+    cache = Path(model["path"])
+    assert model["id"] == f"synthgen://{cache.name}" and cache.parent.name == "models"
     pipe = DiffusionPipeline.from_pretrained(cache)
     image = pipe(
         "colonoscopy phantom showing a small polyp", num_inference_steps=2, generator=torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from rich.console import Console
-from test_shards import make_samples
+from test_shards import CLASSES, make_samples
 
 from synthgen.errors import SynthgenError
 from synthgen.output.dataset_card import size_category, write_dataset_card
@@ -21,10 +21,10 @@ from synthgen.output.verify import inspect_output, render_inspect
 @pytest.fixture
 def output(tmp_path):
     """A finished two-shard output folder in both formats (labels: polyp 4, normal 3)."""
-    shard_set = ShardSet(tmp_path)
+    shard_set = ShardSet(tmp_path, classes=CLASSES)
     shard_set.write_shard(0, make_samples(4, seed=0))
     shard_set.write_shard(1, make_samples(3, seed=1))
-    write_manifest(tmp_path, load_completed(tmp_path), {"recipe_name": "demo"})
+    write_manifest(tmp_path, load_completed(tmp_path), {"recipe_name": "demo", "classes": list(CLASSES)})
     return tmp_path
 
 
@@ -53,10 +53,10 @@ def test_tampered_and_missing_shards_are_problems(output) -> None:
     # Relabel one sample of shard 1 in place: the file stays valid Parquet, only the checksum tells.
     path = output / "data/shard-00001.parquet"
     table = pq.read_table(path)
-    labels = table.column("label").to_pylist()
+    labels = table.column("label_name").to_pylist()
     labels[0] = "normal" if labels[0] == "polyp" else "polyp"
     relabelled = table.set_column(
-        table.schema.get_field_index("label"), table.schema.field("label"), pa.array(labels, pa.string())
+        table.schema.get_field_index("label_name"), table.schema.field("label_name"), pa.array(labels, pa.string())
     )
     pq.write_table(relabelled, path)
     (output / "webdataset/shard-00000.tar").unlink()
@@ -81,8 +81,8 @@ def test_unreadable_shard_is_a_problem_not_a_crash(output) -> None:
 
 def test_count_mismatch_and_unlisted_files(output) -> None:
     # A shard rewritten with other samples after the manifest: counts and checksums disagree.
-    ShardSet(output, ["webdataset"]).write_shard(1, make_samples(2, seed=5))
-    ShardSet(output, ["parquet"]).write_shard(7, make_samples(1, seed=7))
+    ShardSet(output, ["webdataset"], classes=CLASSES).write_shard(1, make_samples(2, seed=5))
+    ShardSet(output, ["parquet"], classes=CLASSES).write_shard(7, make_samples(1, seed=7))
     problems = " | ".join(inspect_output(output).problems)
     assert "webdataset/shard-00001.tar: 2 samples, manifest says 3" in problems
     assert "shard 1: webdataset has 2 samples, parquet has 3" in problems
@@ -127,6 +127,7 @@ def test_dataset_card(output) -> None:
         description="Toy data.",
         domain="colonoscopy",
         class_counts={"polyp": 4, "normal": 3},
+        classes=list(CLASSES),
         formats=["parquet", "webdataset"],
         provenance_summary=provenance,
         audit_summary=audit,
@@ -141,7 +142,10 @@ def test_dataset_card(output) -> None:
     assert header["tags"] == ["synthetic", "medical-imaging", "synthgen"]
     features = {f["name"]: f["dtype"] for f in header["dataset_info"]["features"]}
     assert features["image"] == "image" and features["seed"] == "int64" and features["prompt"] == "string"
-    assert "| polyp | 4 |" in text and "0.95" in text and "load_dataset" in text and "wds.WebDataset" in text
+    assert "| 0 | polyp | 4 |" in text and "| 1 | normal | 3 |" in text and "0.95" in text
+    assert "load_dataset" in text and "wds.WebDataset" in text and 'sample["cls"]' in text
+    label = features["label"]["class_label"]["names"]
+    assert label == {"0": "polyp", "1": "normal"} and features["label_name"] == "string"
     assert "not trained with differential privacy: no formal guarantee" in text
 
     private = write_dataset_card(

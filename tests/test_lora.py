@@ -196,7 +196,7 @@ def test_build_fine_tunes_once_then_reuses_the_cached_model(
     loaded = load_recipe(write_recipe(tmp_path / "r", base))
     assert any("LoRA rank 4" in line for line in validate_recipe(loaded))
     result = build(loaded)
-    assert result.model_id.startswith("synthgen/lora-") and sum(result.class_counts.values()) == 4
+    assert result.model_id.startswith("synthgen://lora-") and sum(result.class_counts.values()) == 4
     again = resolve_model(loaded)
     assert not again.trained_now and again.model_id == result.model_id
     info = json.loads((again.path / "synthgen_model.json").read_text())

@@ -61,7 +61,7 @@ def test_demo_recipe_parses():
     assert (recipe.audit.threshold, recipe.audit.action, recipe.audit.max_retries) == (0.99, "drop", 2)
     assert recipe.output.shard_size == 24
     assert loaded.path == DEMO.resolve()
-    assert loaded.output_dir() == DEMO.parent / "../out/demo"
+    assert loaded.output_dir() == DEMO.parent.parent / "out/demo"  # shown as out/demo, not recipes/../out/demo
 
 
 def test_defaults(tmp_path):
@@ -73,6 +73,7 @@ def test_defaults(tmp_path):
         "resolution": 64,
         "vae": None,
         "vae_steps": 600,
+        "channels": "auto",
         "unet_steps": 1500,
         "batch_size": 16,
         "gradient_accumulation": 1,
@@ -81,7 +82,9 @@ def test_defaults(tmp_path):
         "mixed_precision": "auto",
         "ema_decay": 0.999,
         "validation_split": 0.05,
+        "split_by": None,
         "checkpoint_every": 500,
+        "max_minutes": None,
         "seed": 0,
         "text_encoder": {"pretrained": None, "train": True, "tokenizer_corpus": "auto"},
     }
@@ -114,6 +117,7 @@ def test_defaults(tmp_path):
         "shard_size": 1000,
         "image_format": "png",
         "jpeg_quality": 95,
+        "export_model": False,
     }
     spec = SourceSpec()
     columns = (spec.image_column, spec.text_column, spec.label_column, spec.key_column)
@@ -167,7 +171,7 @@ def test_resolve_relative_to_recipe_folder(tmp_path, monkeypatch):
     assert loaded.resolve("data/images") == folder.resolve() / "data/images"
     assert loaded.resolve(str(tmp_path / "abs")) == tmp_path / "abs"
     assert loaded.resolve("~/x") == Path.home() / "x"
-    assert loaded.output_dir() == folder.resolve() / "../built"
+    assert loaded.output_dir() == folder.resolve().parent / "built"  # `..` folded away for display
     assert loaded.output_dir(tmp_path / "override") == tmp_path / "override"
     assert loaded.output_dir("rel") == Path("rel")  # --out is relative to the working directory, as typed
 

@@ -17,8 +17,10 @@ from synthgen.output.writers import ParquetShardWriter, WebDatasetShardWriter, e
 from synthgen.provenance import PROVENANCE_FIELDS, provenance_record, sha256_file
 from synthgen.sample import Sample
 
+CLASSES = ("polyp", "normal")  # recipe order: polyp is label 0, normal label 1
 
-def make_samples(n: int, seed: int = 0, labels: tuple[str, ...] = ("polyp", "normal")) -> list[Sample]:
+
+def make_samples(n: int, seed: int = 0, labels: tuple[str, ...] = CLASSES) -> list[Sample]:
     """Small random RGB images with complete provenance, as the generator would hand them over."""
     rng = np.random.default_rng(seed)
     samples = []
@@ -52,7 +54,7 @@ def make_samples(n: int, seed: int = 0, labels: tuple[str, ...] = ("polyp", "nor
 
 def test_parquet_schema_and_provenance_columns(tmp_path) -> None:
     samples = make_samples(3)
-    writer = ParquetShardWriter(tmp_path, 0, "png", 95)
+    writer = ParquetShardWriter(tmp_path, 0, "png", 95, classes=CLASSES)
     for sample in samples:
         writer.write(sample)
     shard = writer.close()
@@ -60,26 +62,29 @@ def test_parquet_schema_and_provenance_columns(tmp_path) -> None:
     assert shard.sha256 == sha256_file(tmp_path / shard.path)
     assert shard.bytes == (tmp_path / shard.path).stat().st_size
     table = pq.read_table(tmp_path / shard.path)
-    assert table.column_names == ["key", "image", *PROVENANCE_FIELDS]
+    assert table.column_names == ["key", "image", "label", "label_name", *PROVENANCE_FIELDS[1:]]
+    assert PROVENANCE_FIELDS[0] == "label" and str(table.schema.field("label").type) == "int64"
     assert table.schema.field("image").type.names == ["bytes", "path"]
     assert table.column("seed").type == "int64" and str(table.column("guidance_scale").type) == "float"
     row = table.to_pylist()[1]
     assert row["image"]["path"] == f"{samples[1].key}.png"
     assert row["dp_epsilon"] is None and row["audit_attempt"] == 0
-    assert {k: row[k] for k in ("label", "prompt", "seed")} == {
-        "label": samples[1].label,
+    assert {k: row[k] for k in ("label", "label_name", "prompt", "seed")} == {
+        "label": CLASSES.index(samples[1].label),
+        "label_name": samples[1].label,
         "prompt": samples[1].text,
         "seed": samples[1].metadata["seed"],
     }
     hf = json.loads(table.schema.metadata[b"huggingface"])
     assert hf["info"]["features"]["image"] == {"_type": "Image"}
+    assert hf["info"]["features"]["label"] == {"names": list(CLASSES), "_type": "ClassLabel"}
     assert not list(tmp_path.glob("data/.*.tmp"))
 
 
 def test_datasets_decodes_parquet_images(tmp_path) -> None:
     datasets = pytest.importorskip("datasets")
     samples = make_samples(4)
-    ShardSet(tmp_path, ["parquet"]).write_shard(0, samples)
+    ShardSet(tmp_path, ["parquet"], classes=CLASSES).write_shard(0, samples)
     ds = datasets.load_dataset(
         "parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train", cache_dir=str(tmp_path / "hf-cache")
     )
@@ -87,7 +92,9 @@ def test_datasets_decodes_parquet_images(tmp_path) -> None:
     for row, sample in zip(ds, samples, strict=True):
         assert isinstance(row["image"], Image.Image)
         assert np.array_equal(np.asarray(row["image"]), np.asarray(sample.image))
-        assert (row["key"], row["label"], row["prompt"]) == (sample.key, sample.label, sample.text)
+        assert (row["key"], row["label_name"], row["prompt"]) == (sample.key, sample.label, sample.text)
+        assert ds.features["label"].int2str(row["label"]) == sample.label
+    assert isinstance(ds.features["label"], datasets.ClassLabel) and ds.features["label"].names == list(CLASSES)
 
 
 def test_webdataset_round_trip_and_determinism(tmp_path) -> None:
@@ -95,7 +102,7 @@ def test_webdataset_round_trip_and_determinism(tmp_path) -> None:
     samples = make_samples(3)
     paths = []
     for name in ("a", "b"):
-        writer = WebDatasetShardWriter(tmp_path / name, 0, "png")
+        writer = WebDatasetShardWriter(tmp_path / name, 0, "png", classes=CLASSES)
         for sample in make_samples(3):
             writer.write(sample)
         paths.append(tmp_path / name / writer.close().path)
@@ -104,7 +111,8 @@ def test_webdataset_round_trip_and_determinism(tmp_path) -> None:
     assert [s["__key__"] for s in loaded] == [s.key for s in samples]
     for got, sample in zip(loaded, samples, strict=True):
         assert got["txt"] == sample.text
-        assert got["json"]["label"] == sample.label and got["json"]["key"] == sample.key
+        assert got["json"]["label_name"] == sample.label and got["json"]["key"] == sample.key
+        assert got["cls"] == got["json"]["label"] == CLASSES.index(sample.label)
         assert got["json"]["seed"] == sample.metadata["seed"]
         assert np.array_equal(np.asarray(got["png"]), np.asarray(sample.image))
 
@@ -113,7 +121,7 @@ def test_jpeg_encoding_and_extension(tmp_path) -> None:
     gray = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), mode="L")
     assert encode_image(gray, "jpeg", 90)[:2] == b"\xff\xd8"
     assert encode_image(gray, "png") == encode_image(gray.copy(), "png")
-    ShardSet(tmp_path, ["parquet", "webdataset"], "jpeg", 80).write_shard(0, make_samples(2))
+    ShardSet(tmp_path, ["parquet", "webdataset"], "jpeg", 80, classes=CLASSES).write_shard(0, make_samples(2))
     row = pq.read_table(tmp_path / "data/shard-00000.parquet").to_pylist()[0]
     assert row["image"]["path"].endswith(".jpg") and row["image"]["bytes"][:2] == b"\xff\xd8"
     wds = pytest.importorskip("webdataset")
@@ -128,12 +136,12 @@ def test_invalid_key_rejected(tmp_path, key: str) -> None:
     sample = make_samples(1)[0]
     sample.key = key
     with pytest.raises(ValueError, match="invalid sample key"):
-        ShardSet(tmp_path).write_shard(0, [sample])
+        ShardSet(tmp_path, classes=CLASSES).write_shard(0, [sample])
     assert not list(tmp_path.rglob("shard-*"))
 
 
 def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
-    shard_set = ShardSet(tmp_path)
+    shard_set = ShardSet(tmp_path, classes=CLASSES)
     shard_set.write_shard(0, make_samples(3))
     calls = {"n": 0}
     real_encode = shard_set_module.encode_image
@@ -155,7 +163,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
         shard_set.write_shard(0, broken)
     # A standalone writer's abort() drops its temp file and never creates the shard.
     for cls in (ParquetShardWriter, WebDatasetShardWriter):
-        writer = cls(tmp_path, 5)
+        writer = cls(tmp_path, 5, classes=CLASSES)
         writer.write(make_samples(1)[0])
         writer.abort()
     leftovers = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()]
@@ -164,7 +172,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
 
 
 def test_completion_markers_and_tampering(tmp_path) -> None:
-    shard_set = ShardSet(tmp_path)
+    shard_set = ShardSet(tmp_path, classes=CLASSES)
     for index in range(3):
         shard_set.write_shard(index, make_samples(4, seed=index))
     completed = load_completed(tmp_path)
@@ -181,15 +189,15 @@ def test_completion_markers_and_tampering(tmp_path) -> None:
     assert sorted(load_completed(tmp_path)) == [0]
     assert not shard_set.is_complete(1) and not shard_set.is_complete(2)
     # A format the marker does not cover makes the shard incomplete for that ShardSet only.
-    ShardSet(tmp_path / "p", ["parquet"]).write_shard(0, make_samples(2))
-    assert not ShardSet(tmp_path / "p").is_complete(0)
-    assert ShardSet(tmp_path / "p", ["parquet"]).is_complete(0)
+    ShardSet(tmp_path / "p", ["parquet"], classes=CLASSES).write_shard(0, make_samples(2))
+    assert not ShardSet(tmp_path / "p", classes=CLASSES).is_complete(0)
+    assert ShardSet(tmp_path / "p", ["parquet"], classes=CLASSES).is_complete(0)
     OutputFolder(tmp_path / "p").marker(0).write_text("{not json")
     assert load_completed(tmp_path / "p") == {}
 
 
 def test_manifest_matches_files(tmp_path) -> None:
-    shard_set = ShardSet(tmp_path)
+    shard_set = ShardSet(tmp_path, classes=CLASSES)
     for index in range(2):
         shard_set.write_shard(index, make_samples(3, seed=index))
     path = write_manifest(tmp_path, load_completed(tmp_path), {"recipe_name": "demo", "dp_epsilon": None})
@@ -209,6 +217,6 @@ def test_manifest_matches_files(tmp_path) -> None:
 def test_provenance_outside_schema_never_written(tmp_path) -> None:
     sample = make_samples(1)[0]
     sample.metadata["nearest_training_file"] = "patient_0042.dcm"
-    ShardSet(tmp_path).write_shard(0, [sample])
+    ShardSet(tmp_path, classes=CLASSES).write_shard(0, [sample])
     assert b"patient_0042" not in (tmp_path / "webdataset/shard-00000.tar").read_bytes()
     assert "nearest_training_file" not in pq.read_table(tmp_path / "data/shard-00000.parquet").column_names

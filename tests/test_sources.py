@@ -101,8 +101,11 @@ def test_imagefolder_limit_and_columns(folder: Path) -> None:
     spec = SourceSpec(path=str(folder), limit=1, text_column=None, label_column="centre")
     samples = list(open_source(spec))
     assert [(s.key, s.text, s.label) for s in samples] == [("images/a.png", "", "A")]
-    spec = SourceSpec(path=str(folder), text_column="caption", label_column="grade")  # absent -> ""
-    assert {(s.text, s.label) for s in open_source(spec)} == {("", "")}
+    # A column the spec names must exist (issue 13: labels used to become "" silently); absent defaults are fine.
+    with pytest.raises(SynthgenError, match=r"^label_column: 'grade' is not a column of .*metadata.csv \(columns: "):
+        open_source(SourceSpec(path=str(folder), label_column="grade"))
+    with pytest.raises(SynthgenError, match=r"^text_column: 'caption' is not a column"):
+        open_source(SourceSpec(path=str(folder), text_column="caption"))
 
 
 def test_imagefolder_jsonl(tmp_path: Path) -> None:
@@ -184,10 +187,11 @@ def test_parquet_raw_bytes_folder_key_column_and_lazy_limit(tmp_path: Path) -> N
 
 def test_parquet_missing_column_is_one_line_error(tmp_path: Path) -> None:
     path = struct_parquet(tmp_path)
-    with pytest.raises(SynthgenError, match=r"has no image_column 'pixels'; columns: image, question") as error:
+    message = r"image_column: 'pixels' is not a column of .* \(columns: image, question, answer"
+    with pytest.raises(SynthgenError, match=message) as error:
         open_source(SourceSpec(path=str(path), image_column="pixels"))
     assert "\n" not in str(error.value) and str(path) in str(error.value)
-    with pytest.raises(SynthgenError, match="key_column 'id'"):
+    with pytest.raises(SynthgenError, match="key_column: .id."):
         open_source(SourceSpec(path=str(path), key_column="id"))
 
 

@@ -230,6 +230,55 @@ def _png_bytes() -> bytes:
 
 NO_AUDIT = {"enabled": False}
 
+
+# --- data for the data checks (issue 13): a labelled imagefolder, and the three kinds of unreadable image
+
+XRAY_ROWS = [("images/a.png", "covid19"), ("images/b.png", "covid19"), ("images/c.png", "pneumonia")]
+
+
+def _xray_folder(folder: Path, rows: list[tuple[str, str]] = XRAY_ROWS, name: str = "xray") -> None:
+    """An imagefolder whose metadata.csv has file_name, label, text (no `diagnosis`): labels covid19 x2, pneumonia."""
+    root = folder / name
+    root.mkdir(parents=True, exist_ok=True)
+    for file_name, _ in rows:
+        if file_name.endswith(".png"):
+            make_png(root / file_name)
+    lines = ["file_name,label,text"] + [f"{file_name},{label},chest X-ray {label}" for file_name, label in rows]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    noise = Image.effect_noise((64, 64), 80).convert("RGB")
+    noise.save(buffer, "JPEG", quality=95)
+    data = buffer.getvalue()
+    return data[: len(data) // 3]
+
+
+BROKEN_ROWS = [("images/cut.jpg", "covid19"), ("images/junk.jpg", "covid19"), ("images/gone.jpg", "pneumonia")]
+
+
+def _write_broken(root: Path) -> None:
+    """A truncated JPEG, a garbage file with an image name; `images/gone.jpg` is listed but never written."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "cut.jpg").write_bytes(_truncated_jpeg())
+    (root / "images" / "junk.jpg").write_bytes(b"\x00garbage, not an image" * 20)
+
+
+def _broken_folder(folder: Path) -> None:
+    _xray_folder(folder, BROKEN_ROWS, "broken")
+    _write_broken(folder / "broken")
+
+
+def _xray_parquet(folder: Path) -> None:
+    table = pa.table({"image": [_png_bytes()], "caption": ["chest X-ray"], "label": ["covid19"]})
+    pq.write_table(table, folder / "xray.parquet")
+
+
+XRAY_DATA = {"type": "imagefolder", "path": "xray"}
+COVID = {"count": 2, "prompts": ["chest X-ray PA view, finding: covid19"]}
+XRAY = mutate(BASE, model__train__data=XRAY_DATA, classes={"covid19": COVID})
+
 BAD: list[Bad] = [
     # --- not a recipe at all
     Bad("empty-file", "", ("recipe.yaml", "empty")),
@@ -413,6 +462,76 @@ BAD: list[Bad] = [
         "train-data-demo-unknown-class",
         mutate(BASE, model__train__data={"type": "demo", "classes": ["tumour"]}),
         ("model.train.data", "tumour"),
+    ),
+    # --- the data checks: named columns, classes against labels, unreadable images (issue 13)
+    Bad(
+        "label-column-not-in-metadata",
+        mutate(XRAY, model__train__data={**XRAY_DATA, "label_column": "diagnosis"}),
+        (
+            "model.train.data.label_column: 'diagnosis' is not a column of",
+            "xray/metadata.csv (columns: file_name, label, text)",
+        ),
+        _xray_folder,
+    ),
+    Bad(
+        "text-column-not-in-parquet",
+        mutate(XRAY, model__train__data={"path": "xray.parquet", "text_column": "text"}),
+        ("model.train.data.text_column: 'text' is not a column of", "xray.parquet (columns: image, caption, label)"),
+        _xray_parquet,
+    ),
+    Bad(
+        "key-column-in-class-folders",
+        mutate(XRAY, model__train__data={"path": "train_images", "key_column": "id"}),
+        ("model.train.data.key_column: 'id' is not a column of", "no metadata.csv or metadata.jsonl"),
+    ),
+    Bad(
+        "audit-label-column-missing",
+        mutate(PRETRAINED, audit__data={"path": "xray", "label_column": "grade"}),
+        ("audit.data.label_column: 'grade' is not a column of", "columns: file_name, label, text"),
+        _xray_folder,
+    ),
+    Bad(
+        "audit-holdout-missing-path",
+        mutate(XRAY, audit__holdout={"path": "other-patients"}),
+        ("audit.holdout: data path not found", "other-patients"),
+        _xray_folder,
+    ),
+    Bad(
+        "class-not-in-training-labels",
+        mutate(XRAY, classes={"covid": COVID}),
+        (
+            "classes.covid: no training image is labelled 'covid'",
+            "the data's labels are covid19 (2), pneumonia (1)",
+            "add `labels: [covid19]`",
+        ),
+        _xray_folder,
+    ),
+    Bad(
+        "class-mapping-to-absent-label",
+        mutate(XRAY, classes={"covid": {**COVID, "labels": ["covid-19"]}}),
+        (
+            "classes.covid.labels: no training image is labelled 'covid-19'",
+            "covid19 (2), pneumonia (1)",
+            "did you mean `labels: [covid19]`?",
+        ),
+        _xray_folder,
+    ),
+    Bad(
+        "demo-class-not-in-phantoms",
+        mutate(BASE, classes__tumour=BASE["classes"]["normal"]),
+        ("classes.tumour: no training image is labelled 'tumour'", "polyp (2)", "normal (2)"),
+    ),
+    Bad("class-labels-empty", mutate(XRAY, classes__covid19__labels=[]), ("classes.covid19.labels", "at least 1")),
+    Bad(
+        "no-image-readable",
+        mutate(XRAY, model__train__data={"path": "broken"}),
+        (
+            "model.train.data: no readable images in imagefolder",
+            "(3 unreadable: images/cut.jpg: cannot decode image: OSError: image file is truncated",
+            "images/junk.jpg: cannot decode image: not a recognised image format",
+            "images/gone.jpg: file not found)",
+        ),
+        _broken_folder,
     ),
     # --- the audit
     Bad("audit-pretrained-without-data", mutate(PRETRAINED, audit={}), ("recipe.yaml", "audit.data", "required")),

@@ -32,7 +32,7 @@ from synthgen.audit.report.audit_log import AuditLog
 from synthgen.audit.report.html_report import render_report
 from synthgen.audit.report.summary import membership_only_summary, skipped_block, source_block
 from synthgen.errors import SynthgenError
-from synthgen.runtime import Progress
+from synthgen.runtime import Progress, use_cpu_threads
 from synthgen.sources.base import Source
 
 
@@ -64,6 +64,7 @@ def run_audit(
     if model is not None and holdout is None:
         raise SynthgenError("--model needs --holdout: images of the same domain that the model never saw")
     out_dir = Path(out_dir)
+    use_cpu_threads(("faiss",))  # membership inference runs the model with torch; metrics search with FAISS
     membership = None
     if model is not None:
         assert holdout is not None
@@ -80,22 +81,27 @@ def run_audit(
     log = _audit_candidates(auditor, candidates, inputs, progress)
     extra: dict[str, Any] = {}
     if inputs is not None:
-        if progress:
-            progress("privacy metrics", 0, None)
+        if progress:  # one step of known length: an unknown total would render as 0/0
+            progress("privacy metrics", 0, 1)
         extra["metrics"] = inputs.compute(auditor.embedding_threshold)
+        if progress:
+            progress("privacy metrics", 1, 1)
     if holdout_info is not None:
         extra["holdout"] = holdout_info
     if membership is not None:
         extra["membership"] = membership
     if progress:
-        progress("writing report", 0, None)
-    return log.write(
+        progress("writing report", 0, 1)
+    summary = log.write(
         out_dir,
         candidates_skipped=list(candidates.skipped),
         show_training_images=show_training_images,
         train_source=train,
         extra=extra,
     )
+    if progress:
+        progress("writing report", 1, 1)
+    return summary
 
 
 def _membership(

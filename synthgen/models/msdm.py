@@ -95,13 +95,14 @@ PRESETS: dict[str, MSDMPreset] = {
 }
 
 
-def build_vae(preset: MSDMPreset, resolution: int):
+def build_vae(preset: MSDMPreset, resolution: int, channels: int = 3):
+    """The preset's VAE for `channels`-channel images (1: grayscale in and out, no colour to invent)."""
     from diffusers import AutoencoderKL
 
     levels = len(preset.vae_channels)
     return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
+        in_channels=channels,
+        out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=preset.vae_channels,

@@ -7,7 +7,7 @@ three, including "none" when that is the truth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,19 @@ def size_category(n: int) -> str:
     return next((name for limit, name in _SIZE_BUCKETS if n < limit), "10M<n<100M")
 
 
-def _header(name: str, class_counts: Mapping[str, int], formats: list[str]) -> dict[str, Any]:
+def _yaml_feature(column: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One feature as `dataset_info.features` spells it in a card (`datasets.Features._to_yaml_list`)."""
+    if spec["_type"] == "ClassLabel":
+        return {"name": column, "dtype": {"class_label": {"names": {str(i): n for i, n in enumerate(spec["names"])}}}}
+    return {"name": column, "dtype": "image" if spec["_type"] == "Image" else spec["dtype"]}
+
+
+def _header(name: str, class_counts: Mapping[str, int], classes: Sequence[str], formats: list[str]) -> dict[str, Any]:
     if "parquet" in formats:
         data_files = [{"split": "train", "path": "data/*.parquet"}]
     else:
         data_files = [{"split": "train", "path": "webdataset/*.tar"}]
-    features = [
-        {"name": col, "dtype": "image" if spec["_type"] == "Image" else spec["dtype"]}
-        for col, spec in hf_features().items()
-    ]
+    features = [_yaml_feature(column, spec) for column, spec in hf_features(classes).items()]
     total = sum(class_counts.values())
     return {
         "pretty_name": " ".join(name.split()),
@@ -57,11 +61,14 @@ def _get(mapping: Mapping[str, Any] | None, key: str, default: str = "unknown") 
     return default if value is None or value == "" else value
 
 
-def _class_table(class_counts: Mapping[str, int]) -> list[str]:
+def _class_table(class_counts: Mapping[str, int], classes: Sequence[str]) -> list[str]:
+    """Classes in label order: `index` is the stored `label` (ClassLabel, `.cls`), `class` its name."""
     total = sum(class_counts.values()) or 1
-    rows = ["| class | images | share |", "|---|---:|---:|"]
-    rows += [f"| {label} | {count} | {100 * count / total:.1f}% |" for label, count in sorted(class_counts.items())]
-    rows.append(f"| **total** | **{sum(class_counts.values())}** | 100% |")
+    rows = ["| index | class | images | share |", "|---:|---|---:|---:|"]
+    for index, label in enumerate(classes):
+        count = class_counts.get(label, 0)
+        rows.append(f"| {index} | {label} | {count} | {100 * count / total:.1f}% |")
+    rows.append(f"| | **total** | **{sum(class_counts.values())}** | 100% |")
     return rows
 
 
@@ -75,7 +82,8 @@ def _loading(formats: list[str]) -> list[str]:
             "from datasets import load_dataset",
             "",
             'ds = load_dataset("parquet", data_files="data/*.parquet", split="train")',
-            'print(ds[0]["label"], ds[0]["prompt"], ds[0]["image"].size)',
+            'names = ds.features["label"].names  # ClassLabel: `label` is the class index',
+            'print(names[ds[0]["label"]], ds[0]["label_name"], ds[0]["prompt"], ds[0]["image"].size)',
             "```",
             "",
             "With `pyarrow` (provenance columns without decoding images):",
@@ -83,13 +91,13 @@ def _loading(formats: list[str]) -> list[str]:
             "```python",
             "import pyarrow.dataset as pds",
             "",
-            'table = pds.dataset("data", format="parquet").to_table(columns=["key", "label", "seed"])',
+            'table = pds.dataset("data", format="parquet").to_table(columns=["key", "label_name", "seed"])',
             "```",
             "",
         ]
     if "webdataset" in formats:
         lines += [
-            "With `webdataset` (each sample has `png`/`jpg`, `json` provenance and `txt` prompt):",
+            "With `webdataset` (each sample has `png`/`jpg`, `cls` class index, `json` provenance, `txt` prompt):",
             "",
             "```python",
             "import glob",
@@ -97,7 +105,8 @@ def _loading(formats: list[str]) -> list[str]:
             "",
             'ds = wds.WebDataset(sorted(glob.glob("webdataset/*.tar")), shardshuffle=False).decode("pil")',
             "for sample in ds:",
-            '    image, meta, prompt = sample.get("png", sample.get("jpg")), sample["json"], sample["txt"]',
+            '    image, index, meta = sample.get("png", sample.get("jpg")), sample["cls"], sample["json"]',
+            '    name, prompt = meta["label_name"], sample["txt"]',
             "```",
             "",
         ]
@@ -170,7 +179,24 @@ def _privacy(dp: Mapping[str, Any] | None, audit: Mapping[str, Any] | None = Non
     return lines
 
 
-def _what_this_is(prov: Mapping[str, Any], domain: str, formats: list[str]) -> list[str]:
+def _model_folder(model: Mapping[str, Any] | None) -> list[str]:
+    """Where the model folder is: in the set (`--export-model`), else on the machine that built it."""
+    if not model or not model.get("path"):
+        return []
+    if model.get("exported_path"):
+        return [
+            f"- model folder: `{model['exported_path']}/` in this dataset (a diffusers pipeline: "
+            f'`DiffusionPipeline.from_pretrained("{model["exported_path"]}")`; built from `{model["path"]}`)'
+        ]
+    return [
+        f"- model folder: `{model['path']}` on the machine that built this dataset (not included; "
+        "`synthgen build --export-model` puts it into the set as `model/`)"
+    ]
+
+
+def _what_this_is(
+    prov: Mapping[str, Any], domain: str, formats: list[str], model: Mapping[str, Any] | None = None
+) -> list[str]:
     return [
         "## What this is",
         "",
@@ -178,6 +204,7 @@ def _what_this_is(prov: Mapping[str, Any], domain: str, formats: list[str]) -> l
         f"Domain: {domain or 'unspecified'}.",
         "",
         f"- model: `{_get(prov, 'model_id')}` (sha256 `{_get(prov, 'model_sha256')}`)",
+        *_model_folder(model),
         f"- recipe: `{_get(prov, 'recipe_name')}` (sha256 `{_get(prov, 'recipe_sha256')}`)",
         f"- sampler: {_get(prov, 'scheduler')}, {_get(prov, 'steps')} steps, "
         f"guidance scale {_get(prov, 'guidance_scale')}",
@@ -215,6 +242,8 @@ def write_dataset_card(
     audit_summary: Mapping[str, Any] | None,
     dp: Mapping[str, Any] | None,
     preview: str | None = None,
+    classes: Sequence[str] | None = None,
+    model: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `out_dir/README.md`.
 
@@ -222,19 +251,21 @@ def write_dataset_card(
     steps, guidance_scale, synthgen_version. `audit_summary`: embedder, threshold, action, checked,
     flagged, dropped, max_similarity (None = no audit). `dp`: privacy.json (epsilon, delta, accountant,
     covers, not_covered, ...; None = not private).
-    `preview`: relative path of a sample grid to show under the class table.
+    `preview`: relative path of a sample grid to show under the class table. `classes`: names in label
+    order (None: sorted). `model`: the manifest's `model` block (id, sha256, path, exported_path).
     """
     formats = list(formats)
-    header = yaml.safe_dump(_header(name, class_counts, formats), sort_keys=False, allow_unicode=True)
+    classes = list(classes) if classes is not None else sorted(class_counts)
+    header = yaml.safe_dump(_header(name, class_counts, classes, formats), sort_keys=False, allow_unicode=True)
     body = [
         f"# {' '.join(name.split())}",
         "",
         description.strip() or f"A synthetic {domain or 'medical'} image dataset.",
         "",
-        *_what_this_is(provenance_summary, domain, formats),
+        *_what_this_is(provenance_summary, domain, formats, model),
         "## Classes",
         "",
-        *_class_table(class_counts),
+        *_class_table(class_counts, classes),
         "",
         *([f"![generated samples, one row per class]({preview})", ""] if preview else []),
         *_loading(formats),

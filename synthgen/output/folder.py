@@ -19,7 +19,17 @@ from synthgen.recipe import LoadedRecipe
 
 STATE_DIR = ".synthgen"
 # What a build writes at the top of its folder: removed when another recipe's build replaces it (--overwrite).
-OWNED = ("data", "webdataset", "audit", STATE_DIR, "manifest.json", "README.md", "recipe.yaml", "preview.png")
+OWNED = (
+    "data",
+    "webdataset",
+    "audit",
+    "model",
+    STATE_DIR,
+    "manifest.json",
+    "README.md",
+    "recipe.yaml",
+    "preview.png",
+)
 
 
 class OutputFolder:

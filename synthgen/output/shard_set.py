@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from synthgen.output.writers import (
     WRITERS,
     ShardFile,
     ShardWriter,
+    check_classes,
     check_image_format,
     encode_image,
     sample_provenance,
@@ -78,9 +79,17 @@ class ShardSet:
     """Writes shards in every requested format, all-or-nothing, and knows which are complete."""
 
     def __init__(
-        self, out_dir: str | Path, formats: Iterable[str] = FORMATS, image_format: str = "png", jpeg_quality: int = 95
+        self,
+        out_dir: str | Path,
+        formats: Iterable[str] = FORMATS,
+        image_format: str = "png",
+        jpeg_quality: int = 95,
+        *,
+        classes: Sequence[str],
     ) -> None:
+        """`classes`: the recipe's class names in order; a sample's label is stored as its index there."""
         self.out_dir = Path(out_dir)
+        self.classes = check_classes(classes)
         self.formats = list(dict.fromkeys(formats))
         unknown = [f for f in self.formats if f not in WRITERS]
         if unknown or not self.formats:
@@ -104,7 +113,9 @@ class ShardSet:
         writers: list[ShardWriter] = []
         try:
             for fmt in self.formats:
-                writers.append(WRITERS[fmt](self.out_dir, index, self.image_format, self.jpeg_quality))
+                writers.append(
+                    WRITERS[fmt](self.out_dir, index, self.image_format, self.jpeg_quality, classes=self.classes)
+                )
             labels: Counter[str] = Counter()
             for sample in samples:
                 data = encode_image(sample.image, self.image_format, self.jpeg_quality)

@@ -1,8 +1,9 @@
 """`synthgen inspect`: re-verify an output folder against its manifest before anyone trusts or shares it.
 
 Checks every shard's sha256, recounts samples per shard and per class from the data itself (only
-the Parquet `label` column is read; WebDataset tars from their small `.json` members), and reports
-files in the shard folders that the manifest does not list (they would be loaded by `data/*.parquet`).
+the Parquet `label_name` column is read; WebDataset tars from their small `.json` members), checks that
+the Parquet `ClassLabel` names are the manifest's `classes`, re-hashes an exported `model/` folder, and
+reports files in the shard folders that the manifest does not list (they would be loaded by `data/*.parquet`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pyarrow.parquet as pq
 
 from synthgen.errors import SynthgenError
 from synthgen.output.writers import WRITERS
-from synthgen.provenance import sha256_file
+from synthgen.provenance import sha256_file, sha256_tree
+from synthgen.sources.parquet import class_label_names
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -64,11 +66,13 @@ def _read_manifest(out_dir: Path) -> dict[str, Any]:
 
 
 def _parquet_labels(path: Path) -> Counter[str]:
-    return Counter(pq.read_table(path, columns=["label"]).column("label").to_pylist())
+    """Class names from `label_name` (older shards: a string `label` column)."""
+    column = "label_name" if "label_name" in pq.read_schema(path).names else "label"
+    return Counter(pq.read_table(path, columns=[column]).column(column).to_pylist())
 
 
 def _tar_labels(path: Path) -> Counter[str]:
-    """Labels from the `.json` members; samples without readable JSON count under ''."""
+    """Class names from the `.json` members; samples without readable JSON count under ''."""
     keys: dict[str, str] = {}
     with tarfile.open(path) as tar:
         for member in tar:
@@ -76,8 +80,8 @@ def _tar_labels(path: Path) -> Counter[str]:
             keys.setdefault(key, "")
             if ext == "json":
                 handle = tar.extractfile(member)
-                label = json.loads(handle.read()).get("label", "") if handle else ""
-                keys[key] = str(label)
+                info = json.loads(handle.read()) if handle else {}
+                keys[key] = str(info.get("label_name", info.get("label", "")))
     return Counter(keys.values())
 
 
@@ -120,7 +124,10 @@ def inspect_output(out_dir: str | Path) -> InspectResult:
         per_format.setdefault(fmt, {})[index] = labels
         if row.found_samples != expected_n:
             result.problems.append(f"{rel}: {row.found_samples} samples, manifest says {expected_n}")
+        if fmt == "parquet":
+            _check_class_label(result, path, rel)
     _check_formats_agree(result, per_format)
+    _check_model(result)
     _check_unlisted(result, listed)
     return result
 
@@ -144,6 +151,29 @@ def _check_formats_agree(result: InspectResult, per_format: dict[str, dict[int, 
     expected = result.manifest.get("class_counts")
     if isinstance(expected, dict) and {k: int(v) for k, v in expected.items()} != result.class_counts:
         result.problems.append(f"class counts {result.class_counts} differ from the manifest's {expected}")
+
+
+def _check_class_label(result: InspectResult, path: Path, rel: str) -> None:
+    """The `label` ClassLabel names must be the manifest's `classes`, or indices would mean other classes."""
+    classes = result.manifest.get("classes")
+    if not isinstance(classes, list):
+        return  # an output from before labels were class indices
+    names = class_label_names(pq.read_schema(path), "label")
+    if names != classes:
+        result.problems.append(f"{rel}: label ClassLabel names {names} differ from the manifest's classes {classes}")
+
+
+def _check_model(result: InspectResult) -> None:
+    """An exported model folder must still hash as recorded (it is what `--model` and the card point at)."""
+    model = result.manifest.get("model")
+    exported = model.get("exported_path") if isinstance(model, dict) else None
+    if not exported:
+        return
+    folder = result.out_dir / str(exported)
+    if not (folder / "model_index.json").is_file():
+        result.problems.append(f"{exported}: exported model folder missing or incomplete")
+    elif sha256_tree(folder) != model.get("sha256"):
+        result.problems.append(f"{exported}: model sha256 does not match the manifest (modified or corrupt)")
 
 
 def _check_unlisted(result: InspectResult, listed: set[str]) -> None:

@@ -8,10 +8,12 @@ are complete, and the all-or-nothing writing of one shard in every format, are `
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import re
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +35,62 @@ IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.stri
 _HF_DTYPE_NAMES = {"float": "float32", "double": "float64"}  # arrow names that differ from `datasets`'
 
 
-def hf_features() -> dict[str, dict[str, str]]:
-    """Hugging Face `datasets` features of the Parquet shards (also used by the dataset card)."""
-    features = {"key": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"}}
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    """The class names in recipe order; a label is stored as its index in this list."""
+    names = tuple(classes)
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"classes must be distinct non-empty names, got {list(names)}")
+    return names
+
+
+def hf_features(classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Hugging Face `datasets` features of the Parquet shards (also used by the dataset card).
+
+    `label` is a `ClassLabel` (the class index; names in recipe order), as image-classification datasets on
+    the hub have it; `label_name` keeps the name readable for pyarrow, pandas or DuckDB, which ignore
+    the `datasets` metadata.
+    """
+    features: dict[str, dict[str, Any]] = {"key": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"}}
     for f in PROVENANCE_SCHEMA:
-        features[f.name] = {"dtype": _HF_DTYPE_NAMES.get(str(f.type), str(f.type)), "_type": "Value"}
+        if f.name == "label":
+            features["label"] = {"names": list(check_classes(classes)), "_type": "ClassLabel"}
+            features["label_name"] = {"dtype": "string", "_type": "Value"}
+        else:
+            features[f.name] = {"dtype": _HF_DTYPE_NAMES.get(str(f.type), str(f.type)), "_type": "Value"}
     return features
 
 
-PARQUET_SCHEMA: pa.Schema = pa.schema(
-    [pa.field("key", pa.string(), nullable=False), pa.field("image", IMAGE_TYPE), *PROVENANCE_SCHEMA],
-    metadata={b"huggingface": json.dumps({"info": {"features": hf_features()}}).encode()},
-)
+@functools.lru_cache(maxsize=16)
+def _parquet_schema(classes: tuple[str, ...]) -> pa.Schema:
+    fields = [pa.field("key", pa.string(), nullable=False), pa.field("image", IMAGE_TYPE)]
+    for f in PROVENANCE_SCHEMA:
+        if f.name == "label":
+            # nullable: `datasets` takes a column's feature from the metadata only when the arrow field equals
+            # the feature's own (nullable) field; a non-null `label` would load as a plain int64.
+            fields += [pa.field("label", pa.int64()), pa.field("label_name", pa.string(), nullable=False)]
+        else:
+            fields.append(f)
+    metadata = {b"huggingface": json.dumps({"info": {"features": hf_features(classes)}}).encode()}
+    return pa.schema(fields, metadata=metadata)
+
+
+def parquet_schema(classes: Sequence[str]) -> pa.Schema:
+    """The Parquet shards' schema: key, image, `label` (class index) + `label_name`, the other provenance."""
+    return _parquet_schema(check_classes(classes))
+
+
+def labelled_row(key: str, record: dict[str, Any], class_index: dict[str, int]) -> dict[str, Any]:
+    """A `sample_provenance` record as a shard stores it: `label` the class index, then `label_name`."""
+    name = record["label"]
+    if name not in class_index:
+        raise ValueError(f"sample {key}: label {name!r} is not one of the classes {list(class_index)}")
+    row: dict[str, Any] = {}
+    for field, value in record.items():
+        if field == "label":
+            row["label"], row["label_name"] = class_index[name], name
+        else:
+            row[field] = value
+    return row
 
 
 @dataclass(frozen=True)
@@ -106,8 +152,15 @@ class ShardWriter:
     format = folder = suffix = ""  # set by subclasses
 
     def __init__(
-        self, out_dir: str | Path, shard_index: int, image_format: str = "png", jpeg_quality: int = 95
+        self,
+        out_dir: str | Path,
+        shard_index: int,
+        image_format: str = "png",
+        jpeg_quality: int = 95,
+        *,
+        classes: Sequence[str],
     ) -> None:
+        self.class_index = {name: i for i, name in enumerate(check_classes(classes))}
         self.relpath = f"{self.folder}/shard-{shard_index:05d}.{self.suffix}"
         self.path = Path(out_dir) / self.relpath
         self.image_format = check_image_format(image_format)
@@ -132,8 +185,9 @@ class ShardWriter:
         """Write an already encoded image (in `image_format`) with its `sample_provenance` record."""
         if check_key(key) in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in {self.relpath}")
+        row = labelled_row(key, record, self.class_index)
         self._keys.add(key)
-        self._write(key, image_bytes, record)
+        self._write(key, image_bytes, row)
         self.num_samples += 1
 
     def finish(self) -> ShardFile:
@@ -172,7 +226,7 @@ class ShardWriter:
 
 
 class ParquetShardWriter(ShardWriter):
-    """`data/shard-NNNNN.parquet`: key, image{bytes, path}, provenance columns; loads with `datasets`."""
+    """`data/shard-NNNNN.parquet`: key, image{bytes, path}, label (ClassLabel), label_name, provenance."""
 
     format, folder, suffix = "parquet", "data", "parquet"
 
@@ -180,7 +234,8 @@ class ParquetShardWriter(ShardWriter):
 
     def _open(self) -> None:
         self._rows: list[dict[str, Any]] = []
-        self._writer = pq.ParquetWriter(self._tmp, PARQUET_SCHEMA)
+        self.schema = parquet_schema(list(self.class_index))
+        self._writer = pq.ParquetWriter(self._tmp, self.schema)
 
     def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
         image = {"bytes": image_bytes, "path": f"{key}.{self.ext}"}
@@ -190,7 +245,7 @@ class ParquetShardWriter(ShardWriter):
 
     def _flush(self) -> None:
         if self._rows and self._writer is not None:
-            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=PARQUET_SCHEMA))
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
     def _close_file(self) -> None:
@@ -201,7 +256,10 @@ class ParquetShardWriter(ShardWriter):
 
 
 class WebDatasetShardWriter(ShardWriter):
-    """`webdataset/shard-NNNNN.tar` with `{key}.png|jpg`, `{key}.json`, `{key}.txt`; byte-reproducible."""
+    """`webdataset/shard-NNNNN.tar`: `{key}.png|jpg`, `.json` (the Parquet row), `.txt`, `.cls`; byte-reproducible.
+
+    `.cls` is the class index as ASCII digits (the webdataset convention: `.to_tuple("png", "cls")`).
+    """
 
     format, folder, suffix = "webdataset", "webdataset", "tar"
 
@@ -223,6 +281,7 @@ class WebDatasetShardWriter(ShardWriter):
         self._add(f"{key}.{self.ext}", image_bytes)
         self._add(f"{key}.json", meta.encode("utf-8"))
         self._add(f"{key}.txt", record["prompt"].encode("utf-8"))
+        self._add(f"{key}.cls", str(record["label"]).encode("ascii"))
 
     def _close_file(self) -> None:
         if self._tar is not None:

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from synthgen.errors import tidy_path
 from synthgen.sources.spec import SourceSpec
 
 CLASS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
@@ -64,8 +65,20 @@ class TrainingLoopConfig(_Strict):
     validation_split: float = Field(
         0.05, ge=0, lt=0.5, description="Share of training images held out for the validation loss (0: none)."
     )
+    split_by: str | None = Field(
+        None,
+        min_length=1,
+        description="Keep groups whole in the validation split: a metadata column (e.g. patient_id; an empty value "
+        "makes the image its own group), or `sequence` (video frames inferred from file-name numbering). "
+        "Default: split by image.",
+    )
     checkpoint_every: PositiveInt = Field(
         500, description="Optimizer steps between checkpoints (resume points, validation loss, sample grid)."
+    )
+    max_minutes: PositiveFloat | None = Field(
+        None,
+        description="Training time budget in minutes (all phases, across resumes): once spent, training stops at "
+        "the next checkpoint and the model is finished there (its card says so). Default: no budget.",
     )
     seed: int = Field(0)
 
@@ -98,6 +111,13 @@ class TrainingConfig(TrainingLoopConfig):
         None, min_length=1, description="Folder of a pretrained AutoencoderKL to use instead of training one."
     )
     vae_steps: NonNegativeInt = Field(600, description="Optimizer steps for the VAE (ignored with `vae`).")
+    channels: Literal[1, 3, "auto"] = Field(
+        "auto",
+        description="Image channels the model trains on and generates: 1 (grayscale in, grayscale out), 3 (RGB), or "
+        "auto: 1 when at least 95% of the training images are grayscale (JPEG colour noise tolerated), else 3 (3 "
+        "under `privacy`, where the choice must not "
+        "depend on the private data).",
+    )
     unet_steps: PositiveInt = Field(1500, description="Optimizer steps for the UNet and text encoder.")
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
 
@@ -168,6 +188,20 @@ class ClassConfig(_Strict):
     variables: dict[str, list[str]] = Field(
         default_factory=dict, description="Values for `{name}` slots; all combinations are used."
     )
+    labels: list[NonEmptyStr] | None = Field(
+        None,
+        min_length=1,
+        description="The training data's label(s) this class stands for (checked by validate); default: the class "
+        "name itself. E.g. class `covid` with `labels: [covid19]`.",
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _numeric_labels(cls, value: Any) -> Any:
+        """`labels: [0, 1]` means the data labels '0' and '1' (numeric label columns read as text)."""
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
 
     @field_validator("variables")
     @classmethod
@@ -268,6 +302,10 @@ class OutputConfig(_Strict):
     shard_size: PositiveInt = Field(1000, description="Samples per shard (the unit of work and resumption).")
     image_format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = Field(95, ge=1, le=100)
+    export_model: bool = Field(
+        False,
+        description="Put the model folder into the output as model/ (hard links where possible, else a copy).",
+    )
 
 
 class Recipe(_Strict):
@@ -328,6 +366,10 @@ class Recipe(_Strict):
             )
         return self
 
+    def class_labels(self) -> dict[str, list[str]]:
+        """Class name -> the training data labels it stands for (its `labels`, else its own name)."""
+        return {name: list(config.labels or [name]) for name, config in self.classes.items()}
+
     def audit_data(self) -> SourceSpec | None:
         if not self.audit.enabled:
             return None
@@ -350,10 +392,10 @@ class LoadedRecipe(BaseModel):
     def resolve(self, relative: str) -> Path:
         """Resolve a path written in the recipe relative to the recipe's folder (`~` expanded)."""
         candidate = Path(relative).expanduser()
-        return candidate if candidate.is_absolute() else (self.base_dir / candidate)
+        return tidy_path(candidate if candidate.is_absolute() else (self.base_dir / candidate))
 
     def output_dir(self, override: str | Path | None = None) -> Path:
-        return Path(override) if override is not None else self.resolve(self.recipe.output.dir)
+        return tidy_path(override) if override is not None else self.resolve(self.recipe.output.dir)
 
 
 def describe_value(value: Any) -> str:

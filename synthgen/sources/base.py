@@ -50,6 +50,25 @@ class Source:
         """A sha256 that changes when the data changes (used to key caches and provenance)."""
         raise NotImplementedError
 
+    def labels(self) -> list[str]:
+        """Every item's label in reading order, within `limit` ('' when unlabelled or the data has no labels).
+
+        This default decodes everything; readers override it to read only their metadata.
+        """
+        return [sample.label for sample in self]
+
+    def probe(self, count: int | None = None) -> tuple[int, list[Skipped]]:
+        """Decode `count` items (None: all) and return (items tried, the unreadable ones among them).
+
+        This default tries the first `count`; readers that can seek override it to spread them over the data.
+        """
+        good = 0
+        for _ in self:
+            good += 1
+            if count is not None and good + len(self.skipped) >= count:
+                break
+        return good + len(self.skipped), list(self.skipped)
+
     def _skip(self, key: str, reason: str) -> None:
         self.skipped.append(Skipped(key, _one_line(reason)))
 
@@ -73,6 +92,30 @@ class Source:
     ) -> Sample | None:
         image = self._load(key, data)
         return None if image is None else Sample(key, image, text, label, metadata)
+
+
+class ColumnError(SynthgenError):
+    """A column the spec names explicitly that the data lacks; `role` is the spec field (e.g. label_column)."""
+
+    def __init__(self, role: str, name: str, where: object, columns: Iterable[str], why: str | None = None) -> None:
+        self.role = role
+        why = why or f"(columns: {', '.join(columns) or 'none'})"
+        super().__init__(f"{role}: {name!r} is not a column of {where} {why}")
+
+
+def named_columns(spec: SourceSpec) -> list[tuple[str, str]]:
+    """(role, column) of the optional columns the user named in the spec; a default that is absent is no error."""
+    roles = ("label_column", "text_column", "key_column")
+    return [(role, getattr(spec, role)) for role in roles if role in spec.model_fields_set and getattr(spec, role)]
+
+
+def spread(total: int, count: int | None) -> list[int]:
+    """`count` positions spread evenly over `range(total)`, first and last included (all when count is None)."""
+    if count is None or count >= total:
+        return list(range(total))
+    if count <= 1:
+        return [0][:count]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
 
 
 def decode_image(data: bytes | Path) -> Image.Image:

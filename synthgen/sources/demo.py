@@ -185,6 +185,10 @@ class DemoSource(Source):
     def _iter_samples(self) -> Iterator[Sample]:
         return take(self._all(), self.spec.limit)
 
+    def labels(self) -> list[str]:
+        """The phantoms' classes in reading order, without drawing them."""
+        return [kind for _ in range(self.spec.per_class) for kind in self.classes][: self.spec.limit]
+
     def fingerprint(self) -> str:
         spec = self.spec
         fields = {"classes": self.classes, "per_class": spec.per_class, "resolution": spec.resolution}

@@ -16,11 +16,15 @@ from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
 from synthgen.sources.base import (
     IMAGE_EXTENSIONS,
+    ColumnError,
+    Skipped,
     Source,
     existing_path,
     fingerprint_of,
     meta_str,
+    named_columns,
     spec_settings,
+    spread,
     take,
 )
 from synthgen.sources.spec import SourceSpec
@@ -81,6 +85,9 @@ class ImageFolderSource(Source):
             self.rows = read_metadata(self.metadata_path)
             self._check_columns()
         else:
+            for role, name in named_columns(spec):  # labels come from folder names; there are no columns
+                why = "(it has no metadata.csv or metadata.jsonl; labels are its folder names)"
+                raise ColumnError(role, name, self.root, [], why)
             self.rows = [{"file_name": p.relative_to(self.root).as_posix()} for p in list_images(self.root)]
             if not self.rows:
                 raise SynthgenError(f"no metadata.csv/metadata.jsonl and no image files in {self.root}")
@@ -88,19 +95,36 @@ class ImageFolderSource(Source):
     def _check_columns(self) -> None:
         if not self.rows:
             raise SynthgenError(f"{self.metadata_path} has no rows")
-        columns = list(dict.fromkeys(name for row in self.rows for name in row))  # jsonl rows may differ
-        for role, name in (("file_name", "file_name"), ("key_column", self.spec.key_column)):
-            if name and name not in columns:
-                raise SynthgenError(
-                    f"{self.metadata_path} has no {role} column {name!r}; columns: {', '.join(columns)}"
-                )
+        self.columns = list(dict.fromkeys(name for row in self.rows for name in row))  # jsonl rows may differ
+        if "file_name" not in self.columns:
+            listed = ", ".join(self.columns)
+            raise SynthgenError(f"{self.metadata_path} has no file_name column 'file_name'; columns: {listed}")
+        for role, name in named_columns(self.spec):
+            if name not in self.columns:
+                raise ColumnError(role, name, self.metadata_path, self.columns)
+
+    def labels(self) -> list[str]:
+        """Labels from the metadata (or the folder names) without opening an image."""
+        rows = self.rows[: self.spec.limit]
+        if self.metadata_path is None:
+            return [_folder_label(row["file_name"]) for row in rows]
+        column = self.spec.label_column
+        return [row.get(column, "") if column else "" for row in rows]
+
+    def probe(self, count: int | None = None) -> tuple[int, list[Skipped]]:
+        """Decode `count` rows spread evenly over the folder (within `limit`)."""
+        self.skipped = []
+        rows = self.rows[: self.spec.limit]
+        positions = spread(len(rows), count)
+        for position in positions:
+            self._row_sample(rows[position])
+        return len(positions), list(self.skipped)
 
     def _row_sample(self, row: dict[str, str]) -> Sample | None:
         file_name = row.get("file_name", "")
         if self.metadata_path is None:  # class-per-folder convention
             key = file_name
-            parent = Path(file_name).parent
-            label, text = ("" if parent == Path(".") else parent.name), ""
+            label, text = _folder_label(file_name), ""
         else:
             key = row.get(self.spec.key_column, "") if self.spec.key_column else file_name
             label = row.get(self.spec.label_column, "") if self.spec.label_column else ""
@@ -115,3 +139,9 @@ class ImageFolderSource(Source):
         files = [self.root / row["file_name"] for row in self.rows if row.get("file_name")]
         contents = [self.metadata_path] if self.metadata_path else []
         return fingerprint_of(spec_settings(self.spec, "imagefolder"), self.root, files, contents)
+
+
+def _folder_label(file_name: str) -> str:
+    """Without metadata the immediate parent folder names the class ('' for images at the top level)."""
+    parent = Path(file_name).parent
+    return "" if parent == Path(".") else parent.name

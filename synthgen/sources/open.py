@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synthgen.errors import SynthgenError
-from synthgen.sources.base import Source, existing_path
+from synthgen.errors import SynthgenError, tidy_path
+from synthgen.sources.base import ColumnError, Skipped, Source, existing_path
 from synthgen.sources.demo import DemoSource
 from synthgen.sources.imagefolder import METADATA_FILES, ImageFolderSource, list_images
 from synthgen.sources.parquet import ParquetSource, SynthgenSource
@@ -37,19 +37,31 @@ def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = No
     path = Path(spec.path).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
+    path = tidy_path(path)  # messages and descriptions show `data`, not `work/../data`
     return READERS[spec.type or detect_type(path)](spec, path)
 
 
 def open_readable(spec: SourceSpec | str, base_dir: Path | None, field: str) -> Source:
-    """`open_source`, then prove at least one image decodes; errors are prefixed with the recipe `field`."""
+    """`open_source`, then prove at least one image decodes; errors are prefixed with the recipe `field`.
+
+    A missing column names its spec field (`model.train.data.label_column: ...`).
+    """
     try:
         source = open_source(spec, base_dir)
+    except ColumnError as error:
+        raise SynthgenError(f"{field}.{error}") from None
     except SynthgenError as error:
         raise SynthgenError(f"{field}: {error}") from None
     if next(iter(source), None) is None:
-        reason = f": {source.skipped[0].key}: {source.skipped[0].reason}" if source.skipped else ""
-        raise SynthgenError(f"{field}: no readable images in {source.description}{reason}")
+        reasons = f" ({len(source.skipped)} unreadable: {unreadable_note(source.skipped)})" if source.skipped else ""
+        raise SynthgenError(f"{field}: no readable images in {source.description}{reasons}")
     return source
+
+
+def unreadable_note(skipped: list[Skipped], shown: int = 3) -> str:
+    """`key: reason; key: reason; and N more`: the first `shown` unreadable items, for one-line messages."""
+    listed = "; ".join(f"{item.key}: {item.reason}" for item in skipped[:shown])
+    return listed + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
 
 
 def detect_type(path: Path) -> SourceType:

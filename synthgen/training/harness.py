@@ -15,13 +15,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from synthgen.errors import SynthgenError
 from synthgen.recipe import TrainingLoopConfig
-from synthgen.runtime import Progress, pick_device, quiet_libraries, use_all_cores
+from synthgen.runtime import Progress, pick_device, quiet_libraries, use_cpu_threads
 from synthgen.sources.base import Source
+from synthgen.sources.groups import SEQUENCE, is_own_group
 from synthgen.training.checkpoints import CheckpointStore
-from synthgen.training.data import TrainingData, drop_cache, load_training_data, split_indices
+from synthgen.training.data import TrainingData, drop_cache, load_training_data, split_groups, split_indices
 from synthgen.training.folder import TrainingFolder
-from synthgen.training.loop import LoopSettings, Phase, PhaseResult, PrivateTraining, resolve_precision, run_phase
+from synthgen.training.loop import (
+    Budget,
+    LoopSettings,
+    Phase,
+    PhaseResult,
+    PrivateTraining,
+    resolve_precision,
+    run_phase,
+)
 from synthgen.training.training_log import LOG_FILE, PLOT_FILE, TrainingLog, plot_log
 
 Notify = Callable[[str], None]
@@ -41,7 +51,7 @@ class TrainingRun:
     ) -> None:
         quiet_libraries()
         self.device = pick_device(device)
-        use_all_cores()
+        use_cpu_threads()
         self.started = time.time()
         self.phases = tuple(phases)
         self.source = source
@@ -51,6 +61,7 @@ class TrainingRun:
         self.folder = TrainingFolder(Path(out_dir))
         self.store = CheckpointStore(self.folder.work)
         self.log = TrainingLog(self.folder.path / LOG_FILE, self.phases)
+        self.split_by: str | None = None  # the validation split's grouping (`load_data`)
 
     @property
     def path(self) -> Path:
@@ -71,11 +82,16 @@ class TrainingRun:
             self.log.event("start", None, 0, **start, device=self.device.type)
 
     def load_data(
-        self, resolution: int, validation_split: float, seed: int
+        self, resolution: int, validation_split: float, seed: int, split_by: str | None = None, field: str = "split_by"
     ) -> tuple[TrainingData, TrainingData, TrainingData]:
-        """(all, train, validation): the source decoded at `resolution` (cached in DIR) and split deterministically."""
-        data = load_training_data(self.source, resolution, self.folder.work / "data")
-        train_idx, val_idx = split_indices(len(data), validation_split, seed)
+        """(all, train, validation): the source decoded at `resolution` (cached in DIR) and split deterministically,
+        by image or, with `split_by`, by group (a patient column or `sequence`; `field` names it in errors)."""
+        data = load_training_data(self.source, resolution, self.folder.work / "data", split_by, field)
+        self.split_by = split_by
+        if data.groups is not None:
+            train_idx, val_idx = split_groups(data.groups, validation_split, seed)
+        else:
+            train_idx, val_idx = split_indices(len(data), validation_split, seed)
         return data, data.subset(train_idx), data.subset(val_idx)
 
     def loop_settings(self, config: TrainingLoopConfig) -> LoopSettings:
@@ -86,10 +102,58 @@ class TrainingRun:
         )
         settings.autocast_dtype, settings.grad_scaler = autocast, scaler
         settings.plot_path = self.folder.path / PLOT_FILE
+        settings.budget = Budget(config.max_minutes * 60) if config.max_minutes else None
         return settings
 
     def run_phase(self, phase: Phase, settings: LoopSettings, private: PrivateTraining | None = None) -> PhaseResult:
-        return run_phase(phase, settings, self.store, self.log, self.progress, private)
+        """One phase through the loop; the budget counts the earlier phases' time, and a phase that a later one
+        has built on (cut short by the budget) is left as it is."""
+        order = self.phases.index(phase.name)
+        if settings.budget is not None:
+            settings.budget.spent = self.elapsed(self.phases[:order])
+        final = any(self.store.latest(later) is not None for later in self.phases[order + 1 :])
+        result = run_phase(phase, settings, self.store, self.log, self.progress, private, final=final)
+        if result.stopped and not final and settings.budget is not None:
+            minutes = (settings.budget.spent + result.elapsed) / 60
+            self.notify(
+                f"max_minutes spent ({minutes:.1f} of {settings.budget.seconds / 60:g} minutes): "
+                f"{phase.name} stopped at the checkpoint of step {result.steps} of {result.planned}"
+            )
+        return result
+
+    def elapsed(self, phases: Sequence[str] | None = None) -> float:
+        """Seconds of training (what `max_minutes` counts) in the latest checkpoints of `phases` (default: all)."""
+        total = 0.0
+        for name in self.phases if phases is None else phases:
+            latest = self.store.latest(name)
+            total += float(latest.meta().get("elapsed", 0.0)) if latest is not None else 0.0
+        return total
+
+    def budget_record(self, config: TrainingLoopConfig, results: dict[str, PhaseResult]) -> dict[str, Any] | None:
+        """The model info's `budget`: the limit, minutes used, planned and done steps, and whether it stopped
+        training (None without `max_minutes`)."""
+        if not config.max_minutes:
+            return None
+        return {
+            "max_minutes": config.max_minutes,
+            "minutes": round(self.elapsed() / 60, 2),
+            "stopped": any(result.stopped for result in results.values()),
+            "planned_steps": {name: result.planned for name, result in results.items()},
+            "steps": {name: result.steps for name, result in results.items()},
+        }
+
+    def refuse_spent_budget(self, config: TrainingLoopConfig, phase: str, planned: int) -> None:
+        """A finished model that the budget stopped short is not trained again by a rerun with the same budget."""
+        last = self.store.latest(phase)
+        if not (self.folder.finished and config.max_minutes and last is not None and last.step < planned):
+            return
+        used = self.elapsed() / 60
+        if used >= config.max_minutes:
+            raise SynthgenError(
+                f"{self.folder.path} already holds this model, stopped by max_minutes after {used:.1f} minutes at "
+                f"{phase} step {last.step} of {planned}; raise max_minutes (or remove it) to train it further, "
+                "or pass --overwrite to start over"
+            )
 
     def training_data(self, data: TrainingData, train: TrainingData, val: TrainingData, labels: bool) -> dict:
         """The model info's `training_data`: never file names or captions; per-label counts only when `labels`."""
@@ -102,6 +166,8 @@ class TrainingRun:
         }
         if labels:
             record["labels"] = train.label_counts()
+        if data.groups is not None and labels:  # group counts, like label counts, are left out under DP
+            record["split"] = split_record(self.split_by, data, train, val)
         return record
 
     def seconds(self) -> float:
@@ -118,3 +184,14 @@ class TrainingRun:
         drop_cache(self.folder.work / "data")
         self.log.event("done", phase, steps, seconds=self.seconds())
         return self.folder.path
+
+
+def split_record(split_by: str | None, data: TrainingData, train: TrainingData, val: TrainingData) -> dict[str, Any]:
+    """How the validation split was cut: the grouping, groups per side (disjoint), images that had no group value."""
+    record: dict[str, Any] = {
+        "by": split_by,
+        "groups": {"train": len(set(train.groups or ())), "validation": len(set(val.groups or ()))},
+    }
+    if split_by != SEQUENCE:
+        record["images_without_group"] = sum(map(is_own_group, data.groups or ()))
+    return record

@@ -3,7 +3,8 @@
 A phase supplies what differs (the module, how a batch is drawn, the per-item loss, validation, what to do
 at a checkpoint); the loop owns everything that must be the same for all: AdamW with warmup, gradient
 accumulation over micro-batches, mixed precision on GPUs, clipping, EMA, checkpoints every
-`checkpoint_every` steps and exact resumption, the log, and DP-SGD when a `PrivateTraining` is given.
+`checkpoint_every` steps and exact resumption, the log, DP-SGD when a `PrivateTraining` is given, and the time
+budget (`max_minutes`): once spent, a phase stops at its next checkpoint, as if its steps were done.
 
 The randomness of a logical batch (indices, noise, timesteps, flips, caption dropout) is drawn once from
 the phase's own generator and then cut into micro-batches, so `gradient_accumulation` changes memory use
@@ -26,6 +27,7 @@ from synthgen.training.training_log import TrainingLog, plot_log
 
 Batch = dict[str, Any]
 RECENT = 50  # the final loss reported is the mean of this many last steps
+_clock = time.monotonic  # the budget's clock (a module attribute: tests replace it rather than sleep)
 
 
 @dataclass
@@ -60,15 +62,34 @@ class LoopSettings:
     autocast_dtype: Any = None  # torch.bfloat16 / torch.float16 on GPUs, None: full precision
     grad_scaler: bool = False  # fp16 needs loss scaling
     plot_path: Any = None  # loss.png, redrawn at every checkpoint
+    budget: Budget | None = None
+
+
+@dataclass
+class Budget:
+    """A time budget over a whole run (`max_minutes`): `seconds` in all, `spent` by the phases before this one.
+
+    Each phase counts its loop's wall-clock time (steps, validation and sample grids; not data loading) in its
+    checkpoints (`elapsed`), so the budget spans resumes.
+    """
+
+    seconds: float
+    spent: float = 0.0
+
+    def spent_by(self, elapsed: float) -> bool:
+        return self.spent + elapsed >= self.seconds
 
 
 @dataclass
 class PhaseResult:
-    steps: int
+    steps: int  # steps done: the planned steps, or fewer when the budget stopped the phase
     loss: float | None
     val_loss: float | None
     resumed_from: int | None
     seconds: float
+    planned: int = 0
+    stopped: bool = False  # by the time budget, at a checkpoint short of `planned`
+    elapsed: float = 0.0  # the phase's wall-clock seconds, across resumes (what the budget counts)
 
 
 class PrivateTraining(Protocol):
@@ -147,7 +168,7 @@ class _PhaseState:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
 
-    def state_dict(self, module: Any, step: int, recent: list[float], seconds: float) -> dict[str, Any]:
+    def state_dict(self, module: Any, step: int, recent: list[float], seconds: float, elapsed: float) -> dict:
         state = {
             "step": step,
             "module": module.state_dict(),
@@ -158,6 +179,7 @@ class _PhaseState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "recent": recent,
             "seconds": seconds,
+            "elapsed": elapsed,
             "rng": capture_rng(),  # after validation and samples: the run continues from exactly this state
         }
         if self.scaler is not None:
@@ -172,28 +194,38 @@ def run_phase(
     log: TrainingLog,
     progress: Progress | None = None,
     private: PrivateTraining | None = None,
+    *,
+    final: bool = False,
 ) -> PhaseResult:
-    """Train (or resume, or skip if finished) one phase; on return `phase.module` holds the final (EMA) weights."""
+    """Train (or resume, or skip if finished) one phase; on return `phase.module` holds the final (EMA) weights.
+
+    With `settings.budget`, the phase stops at the first checkpoint at which the run's budget is spent (a resume
+    point is a checkpoint: a spent budget stops a resumed phase where it is). `final`: a later phase has begun
+    on this one's weights, so it takes no more steps.
+
+    Longer than most functions here on purpose: the order of its steps (RNG restore after wrapping, EMA after
+    the optimizer step, the log line before the checkpoint) is what makes a resumed run bit-identical, so it
+    reads top to bottom in one place.
+    """
     seed_everything(derive_seed(settings.seed, phase.name))
     module = phase.module
     loop = _PhaseState(phase, settings, private)
-    start, recent, seconds, rng = 0, [], 0.0, None
     latest = store.latest(phase.name)
-    if latest is not None:
-        state = store.load(latest)
-        loop.load(module, state)
-        start, recent, seconds, rng = state["step"], list(state["recent"]), float(state["seconds"]), state["rng"]
+    start, recent, seconds, elapsed, rng = _resume(loop, module, store, latest)
     train_module, train_optimizer = (
         (module, loop.optimizer) if private is None else private.wrap(module, loop.optimizer, phase.name)
     )
     if rng is not None:
-        restore_rng(rng)
+        restore_rng(rng)  # after wrapping: the run continues from exactly the checkpoint's random state
+    budget = settings.budget
+    spent = budget is not None and budget.spent_by(elapsed)
+    last = start if latest is not None and (final or spent) else phase.steps
 
     module.train()
-    val_loss = None
-    label = phase.progress_label or phase.name
-    for step in range(start, phase.steps):
-        began = time.perf_counter()
+    val_loss, done, label = None, start, phase.progress_label or phase.name
+    began, elapsed_before = _clock(), elapsed
+    for step in range(start, last):
+        step_began = time.perf_counter()
         indices = next(loop.sampler)
         loss_sum = _optimizer_step(
             phase, settings, train_module, train_optimizer, loop.params, loop.scaler, private, indices, loop.generator
@@ -205,7 +237,7 @@ def run_phase(
         loss = loss_sum / len(indices) if len(indices) else None
         if loss is not None and private is None:  # under DP a raw loss is a non-private statistic: not kept
             recent = (recent + [loss])[-RECENT:]
-        seconds += time.perf_counter() - began
+        seconds += time.perf_counter() - step_began
         record = {"phase": phase.name, "step": done, "loss": loss if private is None else None, "val_loss": None}
         record["lr"] = loop.schedule.get_last_lr()[0]
         at_checkpoint = done % settings.checkpoint_every == 0 or done == phase.steps
@@ -214,13 +246,14 @@ def run_phase(
             record.update(val_loss=val_loss, checkpoint=True, **({"epsilon": epsilon} if epsilon is not None else {}))
         log.write({**record, "seconds": round(seconds, 3)})  # before the checkpoint: a resume never lacks it
         if at_checkpoint:
-            meta = {"val_loss": val_loss, "epsilon": record.get("epsilon"), "loss": _mean(recent)}
-            store.save(phase.name, done, loop.state_dict(module, done, recent, seconds), meta)
-            if settings.plot_path is not None:
-                plot_log(log, settings.plot_path)
+            elapsed = elapsed_before + _clock() - began
+            _save_checkpoint(loop, module, store, log, settings, record, recent, seconds, elapsed)
+            spent = budget is not None and budget.spent_by(elapsed)
         if progress:
             progress(label, done, phase.steps)
-    if latest is not None and start >= phase.steps:
+        if at_checkpoint and spent:
+            break
+    if latest is not None and done == start:
         val_loss = latest.meta().get("val_loss")
     if private is not None:
         private.release(train_module)
@@ -228,7 +261,28 @@ def run_phase(
     if loop.ema is not None:
         loop.ema.copy_to(module)
     module.eval()
-    return PhaseResult(phase.steps, _mean(recent), val_loss, latest.step if latest else None, seconds)
+    resumed = latest.step if latest else None
+    return PhaseResult(done, _mean(recent), val_loss, resumed, seconds, phase.steps, done < phase.steps, elapsed)
+
+
+def _save_checkpoint(loop, module, store, log, settings, record, recent, seconds, elapsed) -> None:
+    """A resume point after step `record["step"]` (its log line is already written), and a fresh loss plot."""
+    done = record["step"]
+    meta = {"val_loss": record["val_loss"], "epsilon": record.get("epsilon"), "loss": _mean(recent), "elapsed": elapsed}
+    store.save(record["phase"], done, loop.state_dict(module, done, recent, seconds, elapsed), meta)
+    if settings.plot_path is not None:
+        plot_log(log, settings.plot_path)
+
+
+def _resume(loop: _PhaseState, module: Any, store: CheckpointStore, latest: Any) -> tuple:
+    """(step, recent losses, step seconds, elapsed seconds, RNG states) of the latest checkpoint, loaded into
+    `loop` and `module`; a fresh start without one."""
+    if latest is None:
+        return 0, [], 0.0, 0.0, None
+    state = store.load(latest)
+    loop.load(module, state)
+    seconds = float(state["seconds"])
+    return state["step"], list(state["recent"]), seconds, float(state.get("elapsed", seconds)), state["rng"]
 
 
 def _evaluate(phase: Phase, module: Any, ema: EMA | None, private: PrivateTraining | None, step: int) -> tuple:

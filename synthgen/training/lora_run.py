@@ -23,6 +23,7 @@ from synthgen.runtime import Progress
 from synthgen.sources.base import Source
 from synthgen.training.data import TrainingData
 from synthgen.training.harness import Notify, TrainingRun
+from synthgen.training.model_keys import neutral_fields
 
 LORA_DIR = "lora"
 SETTINGS_FORMAT = 1  # bump when a code change makes old checkpoints unfit to resume
@@ -93,17 +94,25 @@ def run_lora(request: LoRARequest, progress: Progress | None = None, notify: Not
     run = TrainingRun(request.out_dir, (PHASE,), request.source, request.device, progress, notify)
     base_sha256 = request.base_sha256 or sha256_tree(base)
     settings_record = {
-        "training": config.model_dump(mode="json", exclude={"data", "checkpoint_every", "steps"}),
+        # not steps or max_minutes: a finished (or budget-stopped) run can be extended with more; new fields left at
+        # their default are left out, so a run from before they existed still resumes
+        "training": config.model_dump(
+            mode="json", exclude={"data", "checkpoint_every", "steps", "max_minutes"} | neutral_fields(config)
+        ),
         "data_sha256": run.fingerprint,
         "base_sha256": base_sha256,
         "format": SETTINGS_FORMAT,
     }
-    run.claim(settings_record, request.overwrite)
+    if run.claim(settings_record, request.overwrite):
+        run.refuse_spent_budget(config, PHASE, config.steps)
     run.begin()
     settings = run.loop_settings(config)
     seed_everything(derive_seed(config.seed, "build", PHASE))
     model = LoRAModel(base, config, run.device, frozen_dtype=settings.autocast_dtype)
-    data, train, val = run.load_data(model.resolution, config.validation_split, config.seed)
+    split_by = config.split_by if config.validation_split > 0 else None
+    data, train, val = run.load_data(
+        model.resolution, config.validation_split, config.seed, split_by, "model.lora.split_by"
+    )
     grid = model.sample_grid(run.path, _grid_rows(data, request.prompts), settings.autocast_dtype)
     result = run.run_phase(model.phase(train, val, grid), settings)
 
@@ -112,7 +121,7 @@ def run_lora(request: LoRARequest, progress: Progress | None = None, notify: Not
     del model
     merged_pipeline(base, staging / LORA_DIR).save_pretrained(staging, safe_serialization=True)
     _write_model_info(run, request, base_sha256, (data, train, val), result, staging)
-    return run.install(staging, PHASE, config.steps)
+    return run.install(staging, PHASE, result.steps)
 
 
 def _write_model_info(
@@ -134,6 +143,8 @@ def _write_model_info(
         "training_data": run.training_data(data, train, val, labels=True),
         "recipe_sha256": request.recipe_sha256,
         "losses": {"train": [losses[s] for s in sorted(losses)], "validation": validation},
+        "steps": result.steps,
+        "budget": run.budget_record(request.config, {PHASE: result}),
         "final_loss": result.loss,
         "validation_loss": result.val_loss,
         "dp": None,

@@ -69,6 +69,55 @@ def _privacy_lines(dp: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _steps(info: dict[str, Any], phase: str, planned: int) -> str:
+    """`N steps`, or `N of M steps (stopped by max_minutes)` when the time budget cut the phase short."""
+    done = (info.get("steps") or {}).get(phase, planned)
+    return f"{done} steps" if done >= planned else f"{done} of {planned} steps (stopped by max_minutes)"
+
+
+def _budget_lines(budget: dict[str, Any] | None) -> list[str]:
+    """The time budget, said plainly: whether it stopped training, and where."""
+    if not budget:
+        return []
+    limit = f"max_minutes: {budget['max_minutes']:g}"
+    if not budget.get("stopped"):
+        return [f"Training time budget ({limit}) not reached: {budget['minutes']:g} minutes of training.", ""]
+    done = ", ".join(
+        f"{phase} {budget['steps'][phase]} of {planned}" for phase, planned in budget["planned_steps"].items()
+    )
+    return [
+        f"**Stopped by max_minutes.** The training time budget ({limit}) was spent after {budget['minutes']:g} "
+        f"minutes, so training stopped at a checkpoint before the planned steps (steps done: {done}). The model "
+        "is complete and usable, but trained less than the recipe planned. To train it further, raise (or remove) "
+        "`max_minutes` and rerun `synthgen train` on this folder: it resumes from the checkpoint.",
+        "",
+    ]
+
+
+def _split_lines(split: dict[str, Any] | None) -> list[str]:
+    """How the validation images were held out, when whole groups (patients, sequences) were kept together."""
+    if not split:
+        return []
+    groups = split["groups"]
+    line = (
+        f"- validation split by `{split['by']}`: {groups['train']} groups in training, {groups['validation']} held "
+        "out (no group on both sides)"
+    )
+    if split.get("images_without_group"):
+        line += f"; {split['images_without_group']} images without a value, each its own group"
+    return [line]
+
+
+def _channel_lines(info: dict[str, Any]) -> list[str]:
+    """Grayscale or RGB, and why (`channels: auto` decides from the training images)."""
+    channels = info.get("channels")
+    if channels is None:
+        return []
+    kind = "1 (grayscale: images in mode L)" if channels == 1 else "3 (RGB)"
+    reason = f" ({info['channels_reason']})" if info.get("channels_reason") else ""
+    return [f"Channels: {kind}{reason}.", ""]
+
+
 def write_model_card(folder: Path, info: dict[str, Any]) -> None:
     """README.md for the pipeline folder, built from `synthgen_model.json`'s contents."""
     data, training, counts = info["training_data"], info["training"], info["parameters"]
@@ -104,13 +153,14 @@ def write_model_card(folder: Path, info: dict[str, Any]) -> None:
         + (f", {data['validation_images']} held out for validation" if data.get("validation_images") else "")
         + (f", {data['skipped']} unreadable skipped" if data.get("skipped") else ""),
         f"- sha256 of the data: `{data['sha256']}`",
+        *_split_lines(data.get("split")),
         "",
         "## Model",
         "",
         "| part | parameters | trained |",
         "|---|---:|---|",
         f"| VAE | {counts['vae']:,} | {info['vae_source']} |",
-        f"| UNet | {counts['unet']:,} | {training['unet_steps']} steps |",
+        f"| UNet | {counts['unet']:,} | {_steps(info, 'unet', training['unet_steps'])} |",
         f"| text encoder ({text.get('kind', '?')}) | {counts['text_encoder']:,} | "
         f"{'fine-tuned with the UNet' if text.get('trainable') else 'frozen'} |",
         "",
@@ -118,6 +168,8 @@ def write_model_card(folder: Path, info: dict[str, Any]) -> None:
         f"(gradient accumulation {training['gradient_accumulation']}), learning rate {training['learning_rate']}, "
         f"EMA decay {training['ema_decay']}, seed {training['seed']}.",
         "",
+        *_channel_lines(info),
+        *_budget_lines(info.get("budget")),
         f"Final training loss: VAE {_fmt(losses.get('vae'))}, UNet {_fmt(losses.get('unet'))}; "
         f"validation loss: VAE {_fmt(info.get('validation_loss', {}).get('vae'))}, "
         f"UNet {_fmt(info.get('validation_loss', {}).get('unet'))}.",

@@ -23,9 +23,11 @@ from synthgen.runtime import Progress, first_line
 from synthgen.sources.base import Source
 from synthgen.training import msdm_phases
 from synthgen.training.checkpoints import seed_everything
+from synthgen.training.data import TrainingData, grayscale_count, to_grayscale
 from synthgen.training.harness import Notify, TrainingRun
 from synthgen.training.loop import PhaseResult
 from synthgen.training.model_card import library_versions, write_model_card, write_model_info
+from synthgen.training.model_keys import neutral_fields
 
 PHASES = ("vae", "unet")
 SETTINGS_FORMAT = 1  # bump when a code change makes old checkpoints unfit to resume
@@ -48,10 +50,11 @@ class MSDMRequest:
 
 
 def run_settings(request: MSDMRequest, data_fingerprint: str) -> dict[str, Any]:
-    """What a resumed run must share with the interrupted one (not checkpoint_every; not unet_steps without DP,
-    so a finished run can be extended with more steps; under DP the steps fix the noise, so they count)."""
+    """What a resumed run must share with the interrupted one (not checkpoint_every or max_minutes; not unet_steps
+    without DP, so a finished run can be extended with more steps; under DP the steps fix the noise, so they count)."""
     config = request.config
-    exclude = {"data", "checkpoint_every"} | ({"unet_steps"} if request.privacy is None else set())
+    exclude = {"data", "checkpoint_every", "max_minutes"} | ({"unet_steps"} if request.privacy is None else set())
+    exclude |= neutral_fields(config)  # a run from before a field existed still resumes
     settings: dict[str, Any] = {
         "training": config.model_dump(mode="json", exclude=exclude),
         "data_sha256": data_fingerprint,
@@ -85,7 +88,11 @@ class _MSDMTraining:
         _check_resume_point(self.run, config, resumed)
         self.run.begin(preset=config.preset)
         validation_split = 0.0 if request.privacy is not None else config.validation_split  # see dp_training.py
-        self.data, self.train, self.val = self.run.load_data(config.resolution, validation_split, config.seed)
+        split_by = config.split_by if validation_split > 0 else None  # nothing held out: no groups to keep whole
+        self.data, self.train, self.val = self.run.load_data(
+            config.resolution, validation_split, config.seed, split_by, "model.train.split_by"
+        )
+        self.channels, self.channels_reason = 3, ""
         self.settings = self.run.loop_settings(config)
         self.private = self._private_training() if request.privacy is not None else None
         self.results: dict[str, PhaseResult] = {}
@@ -115,13 +122,26 @@ class _MSDMTraining:
         if config.vae:
             self.vae = _load_vae(config.vae, self.request.base_dir).to(device)
             self.vae_source = f"pretrained ({config.vae}), frozen"
+            self._use_channels(*_vae_channels(config, int(self.vae.config.in_channels)))
         else:
-            self.vae = build_vae(PRESETS[config.preset], config.resolution).to(device)
+            self._use_channels(*choose_channels(config.channels, self.data, self.private is not None))
+            self.vae = build_vae(PRESETS[config.preset], config.resolution, self.channels).to(device)
             self.vae_source = f"{config.vae_steps} steps" + (" (DP-SGD)" if self.private else "")
             if config.vae_steps:
                 phase = msdm_phases.vae_phase(self.vae, self.train, self.val, config, device)
-                self.results["vae"] = self.run.run_phase(phase, self.settings, self.private)
+                result = self.results["vae"] = self.run.run_phase(phase, self.settings, self.private)
+                if result.stopped:
+                    self.vae_source = f"{result.steps} of {config.vae_steps} steps (stopped by max_minutes)"
+                    self.vae_source += " (DP-SGD)" if self.private else ""
         self.vae.requires_grad_(False).eval()
+
+    def _use_channels(self, channels: int, reason: str) -> None:
+        """Train on `channels` (1: the images as luma, grayscale in and out); say so when auto kept colour."""
+        self.channels, self.channels_reason = channels, reason
+        if channels == 1:
+            self.data, self.train, self.val = (to_grayscale(d) for d in (self.data, self.train, self.val))
+        elif "set channels: 1" in reason:  # mostly grayscale data kept in colour by a few images: tell the user
+            self.run.notify(f"model.train.channels: 3 ({reason})")
 
     def _latents(self) -> tuple[msdm_phases.Latents, msdm_phases.Latents | None]:
         """Scaled VAE posteriors of the training and validation images; a trained VAE learns its scaling_factor."""
@@ -161,12 +181,13 @@ class _MSDMTraining:
         pipeline = assemble_pipeline(self.vae.cpu(), self.text.model.cpu(), self.text.tokenizer, self.unet.cpu())
         staging = self.run.staging()
         pipeline.save_pretrained(staging, safe_serialization=True)
-        info = self._model_info(self.private.report() if self.private is not None else None)
+        steps_done = {name: result.steps for name, result in self.results.items()}  # fewer when the budget stopped it
+        info = self._model_info(self.private.report(steps_done) if self.private is not None else None)
         write_model_info(staging, info)
         write_model_card(staging, info)
         if self.private is not None:
             self.private.write(staging)
-        return self.run.install(staging, "unet", self.config.unet_steps)
+        return self.run.install(staging, "unet", self.results["unet"].steps)
 
     def _model_info(self, dp: dict[str, Any] | None) -> dict[str, Any]:
         """synthgen_model.json: training provenance (never file names or captions of the training data)."""
@@ -175,6 +196,8 @@ class _MSDMTraining:
             "architecture": "MSDM",
             "preset": config.preset,
             "training": config.model_dump(mode="json", exclude={"data"}),
+            "channels": self.channels,
+            "channels_reason": self.channels_reason,
             # per-label counts are a non-private statistic of the data: left out under DP
             "training_data": self.run.training_data(self.data, self.train, self.val, labels=dp is None),
             "recipe_sha256": self.request.recipe_sha256,
@@ -192,6 +215,7 @@ class _MSDMTraining:
             },
             "vae_source": self.vae_source,
             "steps": {name: result.steps for name, result in results.items()},
+            "budget": self.run.budget_record(config, results),
             "final_loss": {name: result.loss for name, result in results.items()},
             "validation_loss": {name: result.val_loss for name, result in results.items()},
             "dp": dp,
@@ -204,6 +228,8 @@ class _MSDMTraining:
 def _check_resume_point(run: TrainingRun, config: TrainingConfig, resumed: bool) -> None:
     """A finished run is only rerun to extend it (more unet_steps); a checkpoint past the target is refused."""
     folder, last = run.folder, run.store.latest("unet")
+    if resumed:
+        run.refuse_spent_budget(config, "unet", config.unet_steps)
     if resumed and folder.finished and (last is None or last.step >= config.unet_steps):
         steps = last.step if last is not None else config.unet_steps
         raise SynthgenError(
@@ -215,6 +241,42 @@ def _check_resume_point(run: TrainingRun, config: TrainingConfig, resumed: bool)
             f"{folder.path}: its checkpoint is at UNet step {last.step}, beyond unet_steps {config.unet_steps}; "
             "raise unet_steps, or pass --overwrite to start over"
         )
+
+
+# `channels: auto` trains in grayscale when at least this share of the images is grayscale: a radiology set
+# with a few annotated colour images is still a grayscale modality (the colour ones are converted to luma).
+GRAY_SHARE = 0.95
+
+
+def choose_channels(setting: int | str, data: TrainingData, private: bool) -> tuple[int, str]:
+    """(channels, why) for `channels: 1 | 3 | auto`; auto is 1 when at least GRAY_SHARE of the images are gray.
+
+    Under DP, auto is 3: whether private images have colour must not shape the released model.
+    """
+    if setting != "auto":
+        return int(setting), "set in the recipe"
+    if private:
+        return 3, "auto under privacy: the choice must not depend on the private images; 1 must be set"
+    gray = grayscale_count(data.images)
+    if gray == len(data):
+        return 1, "auto: every training image is grayscale"
+    if gray >= GRAY_SHARE * len(data):
+        return (
+            1,
+            f"auto: {gray} of {len(data)} training images are grayscale; the {len(data) - gray} in colour "
+            "are trained as luma",
+        )
+    reason = f"auto: {len(data) - gray} of {len(data)} training images have colour"
+    return 3, reason + ("; set channels: 1 to train in grayscale" if gray > len(data) // 2 else "")
+
+
+def _vae_channels(config: TrainingConfig, vae_channels: int) -> tuple[int, str]:
+    """A pretrained VAE fixes the channels; an explicit setting that disagrees is refused."""
+    if config.channels != "auto" and int(config.channels) != vae_channels:
+        raise SynthgenError(
+            f"model.train.channels: {config.channels}, but the VAE in model.train.vae takes {vae_channels} channel(s)"
+        )
+    return vae_channels, f"those of the pretrained VAE ({config.vae})"
 
 
 def _load_vae(name: str, base_dir: Path | None) -> Any:

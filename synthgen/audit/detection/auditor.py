@@ -23,7 +23,7 @@ from synthgen.audit.detection.detector import (
 from synthgen.audit.index.embedders import Embedder
 from synthgen.audit.index.train_index import TrainIndex
 from synthgen.errors import SynthgenError
-from synthgen.runtime import Progress
+from synthgen.runtime import Progress, use_cpu_threads
 from synthgen.sample import Sample
 from synthgen.sources.base import Skipped, Source
 
@@ -96,6 +96,7 @@ class Auditor:
         `threshold="auto"` calibrates it on the training set itself (see calibrate.py).
         """
         threshold = parse_threshold(threshold)
+        use_cpu_threads(("faiss", "cv2"))  # the detector's models, FAISS and OpenCV share the CPUs synthgen may use
         detector = get_detector(embedder, index)
         detector.fit(train, progress)
         skipped = list(detector.skipped)
@@ -117,7 +118,8 @@ class Auditor:
     def check(self, samples: list[Sample]) -> list[Verdict]:
         """Verdicts for a batch of candidates, in order."""
         verdicts = []
-        for similarity, key in self.detector.match([s.image for s in samples]):
+        images = [s.image if s.image.mode == "RGB" else s.image.convert("RGB") for s in samples]  # grayscale sets too
+        for similarity, key in self.detector.match(images):
             value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
             verdicts.append(Verdict(value, key, value >= self.threshold))
         return verdicts

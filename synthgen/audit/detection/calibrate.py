@@ -7,10 +7,11 @@ same domain (same scopes, hospitals, borders, overlays), which is exactly what t
 Why exclusions: video data sets hold consecutive frames of one lesion, which *are* near-copies of each other
 and would drag the quantile up to "copy" scores. Keys that differ only in their last number are taken as one
 sequence and left out of each other's search when that group is small (seq12_frame0895.jpg and
-seq12_frame0979.jpg). When a whole data set is numbered that way (cvcclinicdb__1.jpg ... __612.jpg), global
-embeddings tell whether the numbers follow videos (consecutive images alike): if so, each image's shot (cut
-where consecutive images stop looking alike, like video shot detection), the shots either side and the
-numbers within `window` are left out; if not (independent images such as the demo phantoms), nothing but
+seq12_frame0979.jpg); the inference is `synthgen.sources.groups`, shared with training's `split_by: sequence`
+and `synthgen split --by sequence`. When a whole data set is numbered that way (cvcclinicdb__1.jpg ...
+__612.jpg), global embeddings tell whether the numbers follow videos (consecutive images alike): if so, each
+image's shot (cut where consecutive images stop looking alike, like video shot detection), the shots either
+side and the numbers within `window` are left out; if not (independent images such as the demo phantoms), nothing but
 the image itself is, so the null keeps the images most like it.
 
 Why bounds: file names do not always reveal sequences (a data set may number frames out of order or hash
@@ -24,8 +25,6 @@ quantile, the near-duplicates and which bound, if any, applied.
 
 from __future__ import annotations
 
-import bisect
-import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -33,11 +32,10 @@ from PIL import Image
 
 from synthgen.audit.detection.detector import SIMILARITY_DECIMALS
 from synthgen.runtime import Progress
+from synthgen.sources.groups import SequenceNeighbours
 
 if TYPE_CHECKING:
     from synthgen.sources.base import Source
-
-_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 class Calibratable(Protocol):
@@ -45,81 +43,6 @@ class Calibratable(Protocol):
     threshold_bounds: tuple[float, float]
 
     def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]: ...
-
-
-class SequenceNeighbours:
-    """Keys that look like frames of one sequence: same text around the last number.
-
-    A small group of such keys is one sequence. In a big one (a whole data set numbered 1..n), `vectors`
-    (global embeddings, rows aligned with `keys`) tell whether the numbering follows videos at all:
-    consecutive images more alike than random pairs. If not (independent images), only the key itself is
-    excluded. If so, a key's neighbours are its shot (cut where consecutive images stop looking alike),
-    the shots either side, and the numbers within `window`. Without vectors: numbers within `window`.
-    """
-
-    def __init__(
-        self, keys: list[str], vectors: np.ndarray | None = None, *, window: int = 50, small_group: int | None = None
-    ) -> None:
-        self.window = window
-        self.small_group = small_group if small_group is not None else max(20, len(keys) // 50)
-        self._groups: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
-        self._span: dict[str, tuple[int, int]] = {}  # key -> [start, end) of its shots in its group
-        parsed = [(split, key) for key in keys if (split := _split(key)) is not None]
-        for (stem, number), key in sorted(parsed):
-            numbers, names = self._groups.setdefault(stem, ([], []))
-            numbers.append(number)
-            names.append(key)
-        if vectors is not None:
-            row = {key: i for i, key in enumerate(keys)}
-            for numbers, names in self._groups.values():
-                if len(names) > self.small_group:
-                    self._segment(numbers, names, vectors, [row[name] for name in names])
-
-    def _segment(self, numbers: list[int], names: list[str], vectors: np.ndarray, rows: list[int]) -> None:
-        firsts, seconds = rows[:-1], rows[1:]
-        steps = np.concatenate(
-            [_row_dots(vectors, firsts[i : i + 4096], seconds[i : i + 4096]) for i in range(0, len(firsts), 4096)]
-        )
-        shuffled = np.random.default_rng(0).permutation(rows)[: min(len(rows), 2000)]
-        chance = float(np.median(_row_dots(vectors, rows[: len(shuffled)], list(shuffled))))
-        typical = float(np.median(steps))
-        if typical - chance < 0.1:  # consecutive images no more alike than random ones: not sequences
-            for i, name in enumerate(names):
-                self._span[name] = (i, i + 1)
-            return
-        shot = np.concatenate([[0], np.cumsum(steps < (chance + typical) / 2)])
-        starts = np.searchsorted(shot, np.arange(shot[-1] + 2), side="left")
-        for i, name in enumerate(names):  # the shot, the shots either side, and numbers within the window
-            low = min(int(starts[max(shot[i] - 1, 0)]), bisect.bisect_left(numbers, numbers[i] - self.window))
-            high = max(
-                int(starts[min(shot[i] + 2, shot[-1] + 1)]), bisect.bisect_right(numbers, numbers[i] + self.window)
-            )
-            self._span[name] = (low, high)
-
-    def __call__(self, key: str) -> set[str]:
-        """`key` and the keys of its presumed sequence."""
-        parsed = _split(key)
-        if parsed is None or parsed[0] not in self._groups:
-            return {key}
-        numbers, names = self._groups[parsed[0]]
-        if len(names) <= self.small_group:
-            return {key, *names}
-        if key in self._span:
-            low, high = self._span[key]
-            return {key, *names[low:high]}
-        low = bisect.bisect_left(numbers, parsed[1] - self.window)
-        high = bisect.bisect_right(numbers, parsed[1] + self.window)
-        return {key, *names[low:high]}
-
-
-def _row_dots(vectors: np.ndarray, rows_a: list[int], rows_b: list[int]) -> np.ndarray:
-    """Inner products of paired rows (no matrix product: one row pair at a time, vectorised)."""
-    return np.einsum("ij,ij->i", np.asarray(vectors[rows_a], np.float32), np.asarray(vectors[rows_b], np.float32))
-
-
-def _split(key: str) -> tuple[tuple[str, str], int] | None:
-    found = _LAST_NUMBER.match(key)
-    return None if found is None else ((found.group(1), found.group(3)), int(found.group(2)))
 
 
 def _leave_one_out(
@@ -137,6 +60,7 @@ def _leave_one_out(
     scores: list[float] = []
     excluded: list[int] = []
     batch: list[tuple[Image.Image, set[str]]] = []
+    total = len(wanted)  # counted before `wanted` is used up (else the bar reads 500/0)
 
     def flush() -> None:
         results = detector.match([image for image, _ in batch], [skip for _, skip in batch])
@@ -144,7 +68,7 @@ def _leave_one_out(
         excluded.extend(len(skip) - 1 for _, skip in batch)
         batch.clear()
         if progress:
-            progress("calibrating threshold", len(scores), len(wanted))
+            progress("calibrating threshold", len(scores), total)
 
     for sample in train:
         if sample.key in wanted:

@@ -100,9 +100,12 @@ def cached_index(
     try:
         index = TrainIndex(embedder.dim, kind=kind, storage=tmp / "vectors.f32", use_gpu=use_gpu)
         index.fill(source, embedder, batch_size=batch_size, progress=progress)
+        stage = f"building {index.resolved_kind} index"
         if progress and index.resolved_kind != "exact":
-            progress(f"building {index.resolved_kind} index", 0, None)
+            progress(stage, 0, 1)  # one step: an unknown total would render as 0/0
         _write_entry(index, tmp, key)
+        if progress and index.resolved_kind != "exact":
+            progress(stage, 1, 1)
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (a valid one would have loaded)
         try:
             os.replace(tmp, entry)

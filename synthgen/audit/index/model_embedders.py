@@ -23,7 +23,7 @@ from PIL import Image
 
 from synthgen.audit.index.embedders import Embedder, l2_normalise
 from synthgen.errors import SynthgenError
-from synthgen.runtime import first_line, pick_device
+from synthgen.runtime import first_line, pick_device, use_cpu_threads
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +50,7 @@ class ModelEmbedder:
         self.description = description
         self.cache_config = cache_config  # keys the audit index cache: weights' sizes/dates and options
         self.device = pick_device(device, _DEVICE_OPTION)
+        use_cpu_threads()  # the CPUs synthgen may use, not every core
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise SynthgenError(f"audit embedder '{name}': batch_size must be >= 1")

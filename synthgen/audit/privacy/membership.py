@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from synthgen.errors import SynthgenError
-from synthgen.runtime import Progress, pick_device, quiet_libraries
+from synthgen.runtime import Progress, pick_device, quiet_libraries, use_cpu_threads
 from synthgen.sources.base import Skipped, Source
 
 TARGET_FPR = 0.01
@@ -90,6 +90,7 @@ class DiffusionScorer:
 
         self.config = config
         self.device = pick_device(config.device, "MIAConfig.device")
+        use_cpu_threads()
         self.vae = pipeline.vae.to(self.device, torch.float32).eval()
         self.unet = pipeline.unet.to(self.device, torch.float32).eval()
         self.text_encoder = pipeline.text_encoder.to(self.device, torch.float32).eval()
@@ -112,15 +113,19 @@ class DiffusionScorer:
         self.noise = noise.to(self.device)  # one fixed noise per timestep, shared by every image
 
     def prepare(self, images: list[Image.Image]) -> Any:
-        """Centre-crop and resize to the model's resolution; (n, 3, R, R) in [-1, 1]."""
+        """Centre-crop and resize to the model's resolution; (n, C, R, R) in [-1, 1], C the VAE's channels
+        (a grayscale model sees the images as luma, as it was trained)."""
         import torch
 
         size = (self.resolution, self.resolution)
+        mode = "L" if int(self.vae.config.in_channels) == 1 else "RGB"
         arrays = [
-            np.asarray(ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BICUBIC), dtype=np.float32)
+            np.asarray(ImageOps.fit(image.convert(mode), size, Image.Resampling.BICUBIC), dtype=np.float32)
             for image in images
         ]
-        return torch.from_numpy(np.stack(arrays).transpose(0, 3, 1, 2) / 127.5 - 1.0).to(self.device)
+        stacked = np.stack(arrays)
+        stacked = stacked[..., None] if stacked.ndim == 3 else stacked
+        return torch.from_numpy(stacked.transpose(0, 3, 1, 2) / 127.5 - 1.0).to(self.device)
 
     def _eps(self, x_t: Any, t: int, context: Any) -> Any:
         """The model's noise estimate ε̂ at timestep t (converted from v for v-prediction models)."""
