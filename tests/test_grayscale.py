@@ -96,6 +96,8 @@ def test_grayscale_source_builds_a_grayscale_set(gray_build: Path) -> None:
 
     ds = datasets.load_dataset("parquet", data_files=str(gray_build / "data" / "*.parquet"), split="train")
     assert isinstance(ds.features["image"], datasets.Image) and ds[0]["image"].mode == "L"
+    assert isinstance(ds.features["label"], datasets.ClassLabel)
+    assert ds.features["label"].names == sorted(RECIPE["classes"])  # the recipe file's order (safe_dump sorts keys)
     import webdataset as wds
 
     tars = sorted(str(p) for p in (gray_build / "webdataset").glob("*.tar"))
