@@ -2,7 +2,8 @@
 
 Shard `i` of the plan is the unit of work and of resumption: a shard is either completely on disk (files plus
 a marker with their checksums) or redone. The audit log of each finished shard is kept beside its marker, so
-the final report covers every shard even when the build was interrupted and resumed.
+the final report covers every shard even when the build was interrupted and resumed; the privacy metrics (and
+the holdout share, with `audit.holdout`) are measured in a final pass over the finished shards.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def _finish(
     wanted = plan.class_counts()
     shortfall = {label: n - class_counts.get(label, 0) for label, n in wanted.items() if class_counts.get(label, 0) < n}
 
-    audit_summary = _write_audit_report(folder, plan, auditor, recipe.audit.action) if auditor else None
+    audit_summary = _write_audit_report(loaded, folder, plan, records, auditor) if auditor else None
     audit_brief = _audit_brief(audit_summary, recipe.audit.action) if audit_summary else None
     write_manifest(
         out,
@@ -257,14 +258,38 @@ def _finish(
     return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall, model)
 
 
-def _write_audit_report(folder: OutputFolder, plan: Plan, auditor, action: str) -> dict[str, Any]:
-    """One audit report over every shard's saved rows (so a resumed build's report covers all of them)."""
+def _write_audit_report(
+    loaded: LoadedRecipe, folder: OutputFolder, plan: Plan, records: dict, auditor
+) -> dict[str, Any]:
+    """One audit report over every shard's saved rows (so a resumed build's report covers all of them), with the
+    privacy metrics (and holdout share, when `audit.holdout` is set) of the published shards, measured here."""
     from synthgen.audit import AuditLog
+    from synthgen.audit.entry import privacy_metrics
+    from synthgen.sources import open_source
 
+    audit = loaded.recipe.audit
     final_log = AuditLog(auditor)
     for shard in plan.shards:
         final_log.merge(json.loads(folder.audit_state(shard.index).read_text()))
-    return final_log.write(folder.path / "audit", candidates_skipped=[], extra={"action": action})
+    spec = loaded.recipe.audit_data()
+    assert spec is not None  # there is an auditor
+    train = open_source(spec, loaded.base_dir)
+    holdout = None if audit.holdout is None else open_source(audit.holdout, loaded.base_dir)
+    extra = privacy_metrics(auditor, train, _published(folder.path, records), holdout)
+    return final_log.write(folder.path / "audit", candidates_skipped=[], extra={"action": audit.action, **extra})
+
+
+def _published(out: Path, records: dict):
+    """The finished shards as a source (Parquet when written, else WebDataset): the images as published."""
+    from synthgen.sources.parquet import ParquetSource
+    from synthgen.sources.spec import SourceSpec
+    from synthgen.sources.webdataset import WebDatasetSource
+
+    files = [out / f.path for i in sorted(records) for f in records[i].files if f.format == "parquet"]
+    if files:
+        columns = {"key_column": "key", "text_column": "prompt", "label_column": "label"}
+        return ParquetSource(SourceSpec(type="parquet", path=str(out / "data"), **columns), out / "data", files)
+    return WebDatasetSource(SourceSpec(type="webdataset", path=str(out / "webdataset")), out / "webdataset")
 
 
 def _audit_brief(summary: dict[str, Any], action: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Copy audit (+ privacy metrics, + holdout) of the candidates, and membership inference when a model is given;
 each part runs only when its inputs are given (candidates: copy audit and metrics; model + holdout: membership
 inference). The build audits the images it generates with the same pieces: an `Auditor` fitted by
-`Auditor.from_source` (whose defaults are the recipe's) and an `AuditLog`.
+`Auditor.from_source` (whose defaults are the recipe's) and an `AuditLog`, and measures the privacy
+metrics of its finished shards with `privacy_metrics` (the same computation as `run_audit`'s).
 """
 
 from __future__ import annotations
@@ -77,15 +78,11 @@ def run_audit(
     auditor = Auditor.from_source(train, embedder, threshold, progress, target_fpr=target_fpr, index=index)
     inputs = None
     if privacy_metrics:
-        inputs = _reference_vectors(auditor, train, holdout, holdout_info, max_images, progress)
+        inputs = reference_vectors(auditor, train, holdout, holdout_info, max_images, progress)
     log = _audit_candidates(auditor, candidates, inputs, progress)
     extra: dict[str, Any] = {}
     if inputs is not None:
-        if progress:  # one step of known length: an unknown total would render as 0/0
-            progress("privacy metrics", 0, 1)
-        extra["metrics"] = inputs.compute(auditor.embedding_threshold)
-        if progress:
-            progress("privacy metrics", 1, 1)
+        extra["metrics"] = compute_metrics_of(auditor, inputs, progress)
     if holdout_info is not None:
         extra["holdout"] = holdout_info
     if membership is not None:
@@ -124,7 +121,39 @@ def _write_membership_only(
     return summary
 
 
-def _reference_vectors(
+def privacy_metrics(
+    auditor: Auditor,
+    train: Source,
+    synthetic: Source,
+    holdout: Source | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The summary's `metrics` (and `holdout` when given) for a finished set of synthetic images.
+
+    What the build adds to its audit summary: the same inputs and computation as `run_audit`, with the synthetic
+    images read back from `synthetic` (the build's published shards) rather than collected while auditing.
+    """
+    use_cpu_threads(("faiss",))
+    holdout_info = None if holdout is None else _describe(holdout)
+    inputs = reference_vectors(auditor, train, holdout, holdout_info, None, progress)
+    embed_into(inputs, "synthetic", synthetic, auditor.embedder, progress=progress)
+    extra: dict[str, Any] = {"metrics": compute_metrics_of(auditor, inputs, progress)}
+    if holdout_info is not None:
+        extra["holdout"] = holdout_info
+    return extra
+
+
+def compute_metrics_of(auditor: Auditor, inputs: MetricsInputs, progress: Progress | None) -> dict[str, Any]:
+    """The privacy metrics of everything collected in `inputs`, at the auditor's embedding threshold."""
+    if progress:  # one step of known length: an unknown total would render as 0/0
+        progress("privacy metrics", 0, 1)
+    metrics = inputs.compute(auditor.embedding_threshold)
+    if progress:
+        progress("privacy metrics", 1, 1)
+    return metrics
+
+
+def reference_vectors(
     auditor: Auditor,
     train: Source,
     holdout: Source | None,
