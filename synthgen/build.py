@@ -22,7 +22,7 @@ from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
 from synthgen.plan import Job, Plan, Shard, make_plan
 from synthgen.recipe import LoadedRecipe
-from synthgen.runtime import Reporter, pick_device
+from synthgen.runtime import Progress, Reporter, pick_device
 from synthgen.sample import Sample
 
 
@@ -166,7 +166,7 @@ def build(
         )
         builder = ShardBuilder(loaded, generator, auditor, reporter)
         records, written, resumed = _run_shards(folder, plan, shard_set, builder, reporter)
-        result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model)
+        result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model, reporter.progress)
     result.shards_written, result.shards_resumed = written, resumed
     return result
 
@@ -203,6 +203,7 @@ def _finish(
     provenance: dict,
     dp: dict | None,
     model: dict[str, Any],
+    progress: Progress | None = None,
 ) -> BuildResult:
     """Everything that describes the finished shards (`records`, by index): audit report, manifest, card."""
     from synthgen.output.dataset_card import write_dataset_card
@@ -217,7 +218,7 @@ def _finish(
     wanted = plan.class_counts()
     shortfall = {label: n - class_counts.get(label, 0) for label, n in wanted.items() if class_counts.get(label, 0) < n}
 
-    audit_summary = _write_audit_report(loaded, folder, plan, records, auditor) if auditor else None
+    audit_summary = _write_audit_report(loaded, folder, plan, records, auditor, progress) if auditor else None
     audit_brief = _audit_brief(audit_summary, recipe.audit.action) if audit_summary else None
     write_manifest(
         out,
@@ -259,7 +260,7 @@ def _finish(
 
 
 def _write_audit_report(
-    loaded: LoadedRecipe, folder: OutputFolder, plan: Plan, records: dict, auditor
+    loaded: LoadedRecipe, folder: OutputFolder, plan: Plan, records: dict, auditor, progress: Progress | None
 ) -> dict[str, Any]:
     """One audit report over every shard's saved rows (so a resumed build's report covers all of them), with the
     privacy metrics (and holdout share, when `audit.holdout` is set) of the published shards, measured here."""
@@ -275,7 +276,7 @@ def _write_audit_report(
     assert spec is not None  # there is an auditor
     train = open_source(spec, loaded.base_dir)
     holdout = None if audit.holdout is None else open_source(audit.holdout, loaded.base_dir)
-    extra = privacy_metrics(auditor, train, _published(folder.path, records), holdout)
+    extra = privacy_metrics(auditor, train, _published(folder.path, records), holdout, progress)
     return final_log.write(folder.path / "audit", candidates_skipped=[], extra={"action": audit.action, **extra})
 
 
