@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,3 +162,15 @@ def first_line(error: BaseException) -> str:
     """An exception's first line (libraries' messages run to pages), or its type when it has no text."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def tidy_path(path: str | PathLike[str]) -> Path:
+    """The same location without `x/..` and `./` (`work/../data` -> `data`), for messages users read.
+
+    Folding `..` textually is wrong when it follows a symlink; then the resolved path is returned instead.
+    """
+    text = os.fspath(path)
+    folded = os.path.normpath(text)
+    if folded == text or ".." not in Path(text).parts:
+        return Path(folded)
+    return Path(folded) if Path(folded).resolve() == Path(text).resolve() else Path(text).resolve()

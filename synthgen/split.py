@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from synthgen.atomic import write_json
-from synthgen.errors import SynthgenError, tidy_path
+from synthgen.errors import SynthgenError
+from synthgen.runtime import tidy_path
 from synthgen.sources.groups import (
     SEQUENCE,
     SequenceNeighbours,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synthgen.errors import SynthgenError, tidy_path
+from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
 from synthgen.recipe import LoadedRecipe
-from synthgen.runtime import pick_device
+from synthgen.runtime import pick_device, tidy_path
 
 
 def validate_recipe(

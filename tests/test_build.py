@@ -119,24 +119,29 @@ def test_same_recipe_and_seed_give_same_images(built: Path, tmp_path: Path) -> N
     assert first == second
 
 
-def test_interrupted_build_resumes_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def build_interrupted_after_first_shard(recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `build(recipe)` with a Ctrl-C as shard 1 is written (shard 0 is finished); leave `build` whole again."""
     from synthgen.output.shard_set import ShardSet
 
+    with monkeypatch.context() as patch:
+        original = ShardSet.write_shard
+
+        def crash_on_second(self, index, samples):
+            if index == 1:
+                raise KeyboardInterrupt
+            return original(self, index, samples)
+
+        patch.setattr(ShardSet, "write_shard", crash_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            build(recipe)
+
+
+def test_interrupted_build_resumes_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = load_recipe(write_recipe(tmp_path))
-    original = ShardSet.write_shard
-
-    def crash_on_second(self, index, samples):
-        if index == 1:
-            raise KeyboardInterrupt
-        return original(self, index, samples)
-
-    monkeypatch.setattr(ShardSet, "write_shard", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        build(recipe)
+    build_interrupted_after_first_shard(recipe, monkeypatch)
     first_shard = tmp_path / "out" / "data" / "shard-00000.parquet"
     stamp = first_shard.stat().st_mtime_ns
     assert not (tmp_path / "out" / "manifest.json").exists()
-    monkeypatch.setattr(ShardSet, "write_shard", original)
     result = build(recipe)
     assert (result.shards_written, result.shards_resumed) == (1, 1)
     assert first_shard.stat().st_mtime_ns == stamp

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_build import write_recipe
+from test_build import build_interrupted_after_first_shard, write_recipe
 
 from synthgen.build import build
 from synthgen.recipe import load_recipe
@@ -101,21 +101,9 @@ def test_without_holdout_the_build_still_has_the_metrics(tmp_path: Path) -> None
 
 
 def test_resumed_build_gives_the_same_metrics(fresh: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from synthgen.output.shard_set import ShardSet
-
     phantom_generator(monkeypatch, copies=False)
     recipe = load_recipe(write_recipe(tmp_path, **SETTINGS))
-    original = ShardSet.write_shard
-
-    def crash_on_second(self, index, samples):
-        if index == 1:
-            raise KeyboardInterrupt
-        return original(self, index, samples)
-
-    monkeypatch.setattr(ShardSet, "write_shard", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        build(recipe)
-    monkeypatch.setattr(ShardSet, "write_shard", original)
+    build_interrupted_after_first_shard(recipe, monkeypatch)
     result = build(recipe)
     assert (result.shards_written, result.shards_resumed) == (1, 1)
     resumed, whole = summary_of(result.out_dir), summary_of(fresh)

@@ -33,7 +33,8 @@ from test_validate_cli import (
     write_recipe,
 )
 
-from synthgen.errors import SynthgenError, tidy_path
+from synthgen.errors import SynthgenError
+from synthgen.runtime import tidy_path
 from synthgen.sources import SourceSpec, open_source
 from synthgen.sources.base import spread
 from synthgen.sources.checks import SAMPLE_IMAGES, check_data

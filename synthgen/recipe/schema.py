@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from synthgen.errors import tidy_path
+from synthgen.runtime import tidy_path
 from synthgen.sources.spec import SourceSpec
 
 CLASS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"

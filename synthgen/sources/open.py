@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synthgen.errors import SynthgenError, tidy_path
+from synthgen.errors import SynthgenError
+from synthgen.runtime import tidy_path
 from synthgen.sources.base import ColumnError, Skipped, Source, existing_path
 from synthgen.sources.demo import DemoSource
 from synthgen.sources.imagefolder import METADATA_FILES, ImageFolderSource, list_images
