@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -28,13 +29,7 @@ import numpy as np
 from synthgen.atomic import write_json
 from synthgen.errors import SynthgenError
 from synthgen.runtime import tidy_path
-from synthgen.sources.groups import (
-    SEQUENCE,
-    SequenceNeighbours,
-    column_groups,
-    holdout_mask,
-    thumbnail_vector,
-)
+from synthgen.sources.groups import SEQUENCE, holdout_mask, row_groups
 from synthgen.sources.imagefolder import find_metadata, list_images, read_metadata
 
 SIDES = ("train", "holdout")
@@ -78,15 +73,20 @@ class _Table:
     lines: list[str] | None = None  # jsonl: each row's original line, written back unchanged
 
 
-def split_imagefolder(src: Path, by: str, holdout: float, out_dir: Path, seed: int = 0) -> SplitResult:
-    """Split the imagefolder `src` by `by` (a column or `sequence`) into `out_dir`/train and /holdout."""
+def split_imagefolder(
+    src: Path, by: str, holdout: float, out_dir: Path, seed: int = 0, name_pattern: str | None = None
+) -> SplitResult:
+    """Split the imagefolder `src` by `by` (a column or `sequence`) into `out_dir`/train and /holdout.
+
+    `name_pattern`: a regex whose first capture group in the file name is the group where the column is empty.
+    """
     if not 0.0 < holdout < 1.0:
         raise SynthgenError(f"--holdout: must be between 0 and 1 (a share of the images), got {holdout:g}")
     out_dir = tidy_path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SynthgenError(f"--out: {out_dir} is not an empty folder; choose a new or empty one")
     table = _read_table(tidy_path(src))
-    groups, ungrouped = _groups(table, by)
+    groups, ungrouped = _groups(table, by, name_pattern)
     held = holdout_mask(groups, holdout, seed)
     sides = {"train": np.flatnonzero(~held), "holdout": np.flatnonzero(held)}
     for side, rows in sides.items():
@@ -101,6 +101,7 @@ def split_imagefolder(src: Path, by: str, holdout: float, out_dir: Path, seed: i
         "by": by,
         "seed": seed,
         "holdout": holdout,
+        "name_pattern": name_pattern,
         "images": {side: len(rows) for side, rows in sides.items()},
         "groups": {side: len({groups[i] for i in rows}) for side, rows in sides.items()},
         "labels": {side: _label_counts(table, rows, label) for side, rows in sides.items()},
@@ -136,38 +137,17 @@ def _read_table(src: Path) -> _Table:
     return _Table(src, metadata, rows, columns, lines)
 
 
-def _groups(table: _Table, by: str) -> tuple[list[str], int]:
+def _groups(table: _Table, by: str, name_pattern: str | None = None) -> tuple[list[str], int]:
     """The group of every row, and how many rows had an empty value (each then its own group)."""
-    keys = [row.get("file_name", "") for row in table.rows]
-    if by == SEQUENCE:
-        neighbours = SequenceNeighbours(keys)
-        big = neighbours.big_stems()
-        if big:  # a whole data set numbered 1..n: thumbnails tell videos from independent images
-            neighbours = SequenceNeighbours(keys, _thumbnails(table.root, keys, neighbours, big))
-        return [neighbours.group(key) for key in keys], 0
-    if by not in table.columns:
+    if by != SEQUENCE and by not in table.columns:
         where = table.metadata or f"{table.root} (no metadata file)"
         raise SynthgenError(f"--by: no column {by!r} in {where}; columns: {', '.join(table.columns)}, or sequence")
-    return column_groups((row.get(by, "") for row in table.rows), keys)
-
-
-def _thumbnails(root: Path, keys: list[str], neighbours: SequenceNeighbours, big: set) -> np.ndarray:
-    """Thumbnail vectors of the images in big numbered groups (zeros elsewhere and for unreadable files)."""
-    from PIL import Image
-
-    from synthgen.sources.groups import split_key
-
-    vectors = np.zeros((len(keys), 3 * 12 * 12), dtype=np.float32)
-    for i, key in enumerate(keys):
-        parsed = split_key(key)
-        if parsed is None or parsed[0] not in big:
-            continue
+    if name_pattern:
         try:
-            with Image.open(root / key) as image:
-                vectors[i] = thumbnail_vector(image)
-        except Exception:  # noqa: BLE001 - PIL raises many types; an unreadable frame simply cuts its video
-            continue
-    return vectors
+            re.compile(name_pattern)
+        except re.error as error:
+            raise SynthgenError(f"--name-pattern: not a valid regular expression: {error}") from None
+    return row_groups(table.root, table.rows, by, name_pattern)
 
 
 def _label_counts(table: _Table, rows: np.ndarray, label: str | None) -> dict[str, int]:

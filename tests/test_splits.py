@@ -32,6 +32,7 @@ from synthgen.sources.groups import (
     sequence_groups,
     thumbnail_vector,
 )
+from synthgen.sources.spec import SourceSpec
 from synthgen.split import split_imagefolder
 from synthgen.training.data import decode_training_data, split_groups
 from synthgen.training.model_keys import lora_key, training_key
@@ -282,3 +283,61 @@ def test_split_real_colonoscopy_by_sequence(real_data_dir: Path, tmp_path: Path)
     cvc = sorted((int(n.rsplit("__", 1)[1].split(".")[0]), n in held) for n in train | held if "cvcclinicdb" in n)
     switches = sum(a[1] != b[1] for a, b in zip(cvc, cvc[1:], strict=False))
     assert switches <= 30  # whole shots of the 31 videos of CVC-ClinicDB, not scattered frames
+
+
+def test_split_while_reading_gives_the_sides_of_synthgen_split(tmp_path: Path) -> None:
+    """`data: {split: ...}` reads exactly the images `synthgen split` puts on each side, and no patient twice."""
+    patients = [f"p{i // 3}" for i in range(30)] + [""] * 4
+    src = make_folder(tmp_path / "src", patients)
+    split_imagefolder(src, "patient_id", 0.3, tmp_path / "out", seed=5)
+    seen: dict[str, set[str]] = {}
+    for side in ("train", "holdout"):
+        spec = {"path": str(src), "split": {"by": "patient_id", "holdout": 0.3, "seed": 5, "side": side}}
+        source = open_source(SourceSpec(**spec))
+        keys = {sample.key for sample in source}
+        written = {row["file_name"] for row in csv.DictReader((tmp_path / "out" / side / "metadata.csv").open())}
+        assert keys == written
+        assert f"{side} side of a split by patient_id" in source.description
+        seen[side] = {sample.metadata["patient_id"] for sample in source} - {""}
+    assert seen["train"] and seen["holdout"] and not seen["train"] & seen["holdout"]
+
+
+def test_split_while_reading_changes_the_fingerprint_and_rejects_bad_settings(tmp_path: Path) -> None:
+    src = make_folder(tmp_path / "src", [f"p{i}" for i in range(10)])
+    train = open_source(SourceSpec(path=str(src), split={"by": "patient_id", "side": "train"}))
+    held = open_source(SourceSpec(path=str(src), split={"by": "patient_id", "side": "holdout"}))
+    assert len({train.fingerprint(), held.fingerprint(), open_source(str(src)).fingerprint()}) == 3
+    with pytest.raises(SynthgenError, match="split.by: no column 'ward'"):
+        open_source(SourceSpec(path=str(src), split={"by": "ward", "side": "train"}))
+    parquet = tmp_path / "x.parquet"
+    parquet.write_bytes(b"")
+    with pytest.raises(SynthgenError, match="only imagefolder sources can be split"):
+        open_source(SourceSpec(path=str(parquet), split={"by": "patient_id", "side": "train"}))
+
+
+def test_name_pattern_groups_images_whose_column_is_empty(tmp_path: Path) -> None:
+    """NIH-style names carry the patient: with `name_pattern` its films stay on one side; without, they scatter."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    rows = []
+    for patient in range(12):
+        for film in range(4):
+            name = f"images/nih__{patient:08d}_{film:03d}.png"
+            Image.new("L", (8, 8), patient * 20).save(src / name)
+            rows.append({"file_name": name, "label": "a", "patient_id": ""})
+    with (src / "metadata.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pattern = r"nih__(\d{8})_"
+
+    def patients(side: str, name_pattern: str | None) -> set[str]:
+        split = {"by": "patient_id", "holdout": 0.25, "side": side, "name_pattern": name_pattern}
+        return {sample.key.split("__")[1][:8] for sample in open_source(SourceSpec(path=str(src), split=split))}
+
+    assert not patients("train", pattern) & patients("holdout", pattern)
+    assert patients("train", None) & patients("holdout", None)  # each film its own group: patients on both sides
+    result = split_imagefolder(src, "patient_id", 0.25, tmp_path / "out", name_pattern=pattern)
+    assert result.record["images_without_group"] == 0 and result.record["groups"]["holdout"] == 3
+    with pytest.raises(Exception, match="name_pattern"):
+        SourceSpec(path=str(src), split={"by": "patient_id", "side": "train", "name_pattern": "("})

@@ -177,7 +177,8 @@ def fingerprint_of(settings: dict[str, Any], root: Path, files: Iterable[Path], 
 def spec_settings(spec: SourceSpec, reader: str) -> dict[str, Any]:
     """The spec fields that change what a reader yields (not `path`: moved data keeps its identity)."""
     demo_only = {"path", "type", "classes", "per_class", "resolution", "seed"}
-    return {"reader": reader, **spec.model_dump(exclude=demo_only)}
+    unset = {"split"} if spec.split is None else set()  # added later: absent, it keeps earlier fingerprints
+    return {"reader": reader, **spec.model_dump(exclude=demo_only | unset)}
 
 
 def _relative(path: Path, root: Path) -> str:

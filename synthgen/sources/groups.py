@@ -25,6 +25,7 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -173,16 +174,69 @@ def sequence_groups(keys: Sequence[str], vectors: np.ndarray | None = None, wind
     return [neighbours.group(key) for key in keys]
 
 
-def column_groups(values: Iterable[str | None], keys: Iterable[str]) -> tuple[list[str], int]:
-    """Group per image from a metadata column; an empty value makes the image its own group (and is counted)."""
+def name_group(pattern: re.Pattern[str] | None, key: str) -> str | None:
+    """The first non-empty capture group (else the whole match) of `pattern` in `key`; None without a match."""
+    match = pattern.search(key) if pattern is not None else None
+    if match is None:
+        return None
+    return next((part for part in match.groups() if part), match.group(0))
+
+
+def column_groups(
+    values: Iterable[str | None], keys: Iterable[str], name_pattern: str | None = None
+) -> tuple[list[str], int]:
+    """Group per image from a metadata column; an empty value makes the image its own group (and is counted).
+
+    `name_pattern` (a regex) reads the group from the key (file name) where the column is empty, for data sets
+    that name the patient in the file name (NIH ChestX-ray14: 00000181_013.png is patient 00000181's 14th film);
+    an empty value then counts as ungrouped only when the pattern does not match either.
+    """
+    pattern = re.compile(name_pattern) if name_pattern else None
     groups, ungrouped = [], 0
     for value, key in zip(values, keys, strict=True):
         if value is None or not str(value).strip():
+            named = name_group(pattern, key)
+            if named is not None:
+                groups.append("\0name:" + named)
+                continue
             groups.append(_OWN + key)
             ungrouped += 1
         else:
             groups.append(str(value).strip())
     return groups, ungrouped
+
+
+def row_groups(
+    root: Path, rows: Sequence[dict[str, str]], by: str, name_pattern: str | None = None
+) -> tuple[list[str], int]:
+    """The group of every imagefolder row (`file_name` relative to `root`) by column `by` or `sequence`.
+
+    Returns the groups and how many rows had an empty value (each its own group). For `sequence`, a data set
+    numbered as a whole gets thumbnails read so that videos are told from independent images.
+    """
+    keys = [row.get("file_name", "") for row in rows]
+    if by == SEQUENCE:
+        neighbours = SequenceNeighbours(keys)
+        big = neighbours.big_stems()
+        if big:  # a whole data set numbered 1..n: thumbnails tell videos from independent images
+            neighbours = SequenceNeighbours(keys, _thumbnails(root, keys, big))
+        return [neighbours.group(key) for key in keys], 0
+    return column_groups((row.get(by, "") for row in rows), keys, name_pattern)
+
+
+def _thumbnails(root: Path, keys: list[str], big: set) -> np.ndarray:
+    """Thumbnail vectors of the images in big numbered groups (zeros elsewhere and for unreadable files)."""
+    vectors = np.zeros((len(keys), 3 * 12 * 12), dtype=np.float32)
+    for i, key in enumerate(keys):
+        parsed = split_key(key)
+        if parsed is None or parsed[0] not in big:
+            continue
+        try:
+            with Image.open(root / key) as image:
+                vectors[i] = thumbnail_vector(image)
+        except Exception:  # noqa: BLE001 - PIL raises many types; an unreadable frame simply cuts its video
+            continue
+    return vectors
 
 
 def group_rank(group: str, seed: int) -> int:

@@ -27,7 +27,8 @@ from synthgen.sources.base import (
     spread,
     take,
 )
-from synthgen.sources.spec import SourceSpec
+from synthgen.sources.groups import SEQUENCE, holdout_mask, row_groups
+from synthgen.sources.spec import SourceSpec, SplitSpec
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 
@@ -91,6 +92,23 @@ class ImageFolderSource(Source):
             self.rows = [{"file_name": p.relative_to(self.root).as_posix()} for p in list_images(self.root)]
             if not self.rows:
                 raise SynthgenError(f"no metadata.csv/metadata.jsonl and no image files in {self.root}")
+        if spec.split is not None:
+            self.rows = self._split_side(spec.split)
+
+    def _split_side(self, split: SplitSpec) -> list[dict[str, str]]:
+        """The rows on `split.side`: whole groups, decided as `synthgen split` decides them."""
+        columns = getattr(self, "columns", ["file_name"])
+        if split.by != SEQUENCE and split.by not in columns:
+            where = self.metadata_path or f"{self.root} (no metadata file)"
+            raise SynthgenError(f"split.by: no column {split.by!r} in {where}; columns: {', '.join(columns)}")
+        groups, _ = row_groups(self.root, self.rows, split.by, split.name_pattern)
+        held = holdout_mask(groups, split.holdout, split.seed)
+        rows = [row for row, is_held in zip(self.rows, held, strict=True) if is_held == (split.side == "holdout")]
+        if not rows:
+            raise SynthgenError(f"split: the {split.side} side of {self.root} by {split.by} is empty")
+        where = f"split by {split.by}, holdout {split.holdout:g}, seed {split.seed}"
+        self.description += f" ({split.side} side of a {where})"
+        return rows
 
     def _check_columns(self) -> None:
         if not self.rows:

@@ -39,7 +39,10 @@ def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = No
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
     path = tidy_path(path)  # messages and descriptions show `data`, not `work/../data`
-    return READERS[spec.type or detect_type(path)](spec, path)
+    kind = spec.type or detect_type(path)
+    if spec.split is not None and kind != "imagefolder":
+        raise SynthgenError(f"split: only imagefolder sources can be split while reading ({path} is {kind})")
+    return READERS[kind](spec, path)
 
 
 def open_readable(spec: SourceSpec | str, base_dir: Path | None, field: str) -> Source:

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 SourceType = Literal["imagefolder", "parquet", "webdataset", "synthgen", "demo"]
+
+
+class SplitSpec(BaseModel):
+    """One side of a patient- or sequence-disjoint split, chosen while reading (same sides as `synthgen split`).
+
+    A recipe trains on `side: train` and evaluates on `side: holdout` of the same `by`/`holdout`/`seed`, so the
+    test patients are never seen by the generator, without a copied folder.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(min_length=1, description="Metadata column whose value groups images (patient_id), or sequence.")
+    holdout: float = Field(0.2, gt=0, lt=1, description="Share of the images on the holdout side.")
+    seed: int = Field(0, description="Seed of the group order (same seed, same split).")
+    side: Literal["train", "holdout"] = Field(description="Which side this source reads.")
+    name_pattern: str | None = Field(
+        None,
+        min_length=1,
+        description="Regex on the file name that gives the group where the `by` column is empty (its first "
+        "non-empty capture group), e.g. NIH ChestX-ray14's patient number: 'nih14__\\w+?__(\\d{8})_'.",
+    )
+
+    @field_validator("name_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
 
 
 class SourceSpec(BaseModel):
@@ -21,6 +53,9 @@ class SourceSpec(BaseModel):
     label_column: str | None = Field("label", description="Column with the class label (optional).")
     key_column: str | None = Field(None, description="Column with a unique id; defaults to file name / row.")
     limit: PositiveInt | None = Field(None, description="Read at most this many images.")
+    split: SplitSpec | None = Field(
+        None, description="imagefolder: read one side of a split by patient or sequence (as `synthgen split`)."
+    )
     # Only for the built-in demo phantoms.
     classes: list[str] | None = Field(None, description="demo: phantom classes to draw.")
     per_class: PositiveInt = Field(48, description="demo: phantoms per class.")
