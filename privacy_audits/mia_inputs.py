@@ -5,7 +5,8 @@
 
 The training data is written as an imagefolder (the CLI cannot name a demo source with non-default settings). The
 holdout is what the model never saw: for demo phantoms the same classes, count and resolution drawn with another
-seed; for other data set HOLDOUT=path (else the third line is empty and regenerate.sh skips membership inference).
+seed; for a recipe that trains on the `train` side of a source `split:`, the `holdout` side (other patients);
+for other data set HOLDOUT=path (else the third line is empty and regenerate.sh skips membership inference).
 The model comes from the model cache the build just filled (resolve_model does not retrain a cached model).
 """
 
@@ -47,6 +48,11 @@ def main(recipe: str, work: str) -> None:
     holdout = ""
     if config.data.type == "demo":
         spec = config.data.model_copy(update={"seed": config.data.seed + HOLDOUT_SEED_OFFSET})
+        write_imagefolder(open_source(spec, loaded.base_dir), holdout_dir)
+        holdout = str(holdout_dir)
+    elif config.data.split is not None and config.data.split.side == "train":
+        # A recipe that trains on one side of a patient split: the other side's patients were never seen.
+        spec = config.data.model_copy(update={"split": config.data.split.model_copy(update={"side": "holdout"})})
         write_imagefolder(open_source(spec, loaded.base_dir), holdout_dir)
         holdout = str(holdout_dir)
     elif os.environ.get("HOLDOUT"):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild every shipped recipe and audit it: copy audit + privacy metrics + membership inference.
+# Rebuild every shipped recipe and audit it: copy audit + privacy metrics + membership inference, and keep the
+# recipe's evaluation (eval/: fidelity and downstream utility).
 #   bash privacy_audits/regenerate.sh                 # all recipes in RECIPES below
 #   bash privacy_audits/regenerate.sh recipes/demo.yaml
 # Offline, CPU: a few minutes per recipe (each build trains its model once; later runs reuse the model cache).
@@ -7,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
-RECIPES=(recipes/demo.yaml recipes/demo-dp.yaml)
+RECIPES=(recipes/demo.yaml recipes/demo-dp.yaml recipes/radiology-real.yaml)  # radiology-real needs ../shared/data
 [ "$#" -gt 0 ] && RECIPES=("$@")
 MAX_IMAGES="${MAX_IMAGES:-200}"
 synthgen="${SYNTHGEN:-synthgen}"
@@ -27,6 +28,8 @@ for recipe in "${RECIPES[@]}"; do
   # The build's own audit (every generated image, dropped copies included) goes to build/.
   mkdir -p "$new/build"
   cp "$work/$name/audit/summary.json" "$work/$name/audit/report.html" "$work/$name/audit/audit.parquet" "$new/build/"
+  # The recipe's eval: block (fidelity, label fidelity, TRTR / TSTR utility on held-out data) goes to eval/.
+  if [ -d "$work/$name/eval" ]; then mkdir -p "$new/eval" && cp "$work/$name/eval/eval.json" "$work/$name/eval/report.html" "$new/eval/"; fi
   # The published images against the training data, with a holdout of the same domain and the model itself.
   mapfile -t inputs < <("$python" privacy_audits/mia_inputs.py "$recipe" "$work/$name-data")
   model="${inputs[0]}" train="${inputs[1]}" holdout="${inputs[2]:-}"

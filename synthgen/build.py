@@ -9,6 +9,7 @@ the holdout share, with `audit.holdout`) are measured in a final pass over the f
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -37,6 +38,7 @@ class BuildResult:
     audit_summary: dict[str, Any] | None
     shortfall: dict[str, int] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # the manifest's `model` block
+    eval_summary: dict[str, Any] | None = None  # eval/eval.json, when the recipe has an `eval:` block
 
 
 class ShardBuilder:
@@ -167,6 +169,7 @@ def build(
         builder = ShardBuilder(loaded, generator, auditor, reporter)
         records, written, resumed = _run_shards(folder, plan, shard_set, builder, reporter)
         result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model, reporter.progress)
+        result.eval_summary = _evaluate(loaded, out, records, read_model_info(resolved.path), reporter)
     result.shards_written, result.shards_resumed = written, resumed
     return result
 
@@ -291,6 +294,46 @@ def _published(out: Path, records: dict):
         columns = {"key_column": "key", "text_column": "prompt", "label_column": "label"}
         return ParquetSource(SourceSpec(type="parquet", path=str(out / "data"), **columns), out / "data", files)
     return WebDatasetSource(SourceSpec(type="webdataset", path=str(out / "webdataset")), out / "webdataset")
+
+
+def _evaluate(
+    loaded: LoadedRecipe, out: Path, records: dict, model_info: dict[str, Any], reporter: Reporter
+) -> dict[str, Any] | None:
+    """The recipe's `eval:` block over the finished set, into out/eval (skipped when eval.json is up to date)."""
+    config = loaded.recipe.eval
+    if config is None or not config.enabled:
+        return None
+    from synthgen.evaluation.entry import EvalRequest, run_eval
+
+    shards = sorted(f.sha256 for record in records.values() for f in record.files)
+    blob = json.dumps({"shards": shards, "recipe": loaded.sha256, "version": __version__}, sort_keys=True)
+    key = hashlib.sha256(blob.encode()).hexdigest()
+    done = out / "eval" / "eval.json"
+    if done.is_file() and json.loads(done.read_text()).get("build_key") == key:
+        reporter.log(f"eval: up to date ({done})")
+        return json.loads(done.read_text())
+    real = config.real or loaded.recipe.model.training_data()
+    assert real is not None  # the recipe schema requires eval.real for a pretrained model
+    request = EvalRequest(
+        real=real,
+        synthetic=_published(out, records),
+        out_dir=out / "eval",
+        test=config.test,
+        features=config.features,
+        split_by=config.split_by,
+        seeds=config.seeds,
+        bootstrap=config.bootstrap,
+        max_per_class=config.max_per_class,
+        classifier_resolution=config.classifier_resolution,
+        classifier_steps=config.classifier_steps,
+        utility=config.utility,
+        show_real_images=config.show_real_images,
+        label_map={label: name for name, labels in loaded.recipe.class_labels().items() for label in labels},
+        trained_on=(model_info.get("training_data") or {}).get("sha256"),
+        base_dir=loaded.base_dir,
+        extra={"build_key": key, "recipe": {"name": loaded.recipe.name, "sha256": loaded.sha256}},
+    )
+    return run_eval(request, reporter)
 
 
 def _audit_brief(summary: dict[str, Any], action: str) -> dict[str, Any]:

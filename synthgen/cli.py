@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from synthgen import __version__
+from synthgen.cli_eval import eval_command
 from synthgen.cli_session import (
     apply_global_options,
     console,
@@ -348,11 +349,15 @@ def split(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="New or empty folder for train/, holdout/, split.json.")],
     holdout: Annotated[float, typer.Option(help="Share of the images held out, in (0, 1).")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the group order (same seed, same split).")] = 0,
+    name_pattern: Annotated[
+        str | None,
+        typer.Option(help="Regex: its first capture group in the file name groups images whose --by is empty."),
+    ] = None,
 ) -> None:
     """Split an imagefolder into train and holdout imagefolders with no group (patient, sequence) on both sides."""
     from synthgen.split import split_imagefolder
 
-    result = split_imagefolder(src, by, holdout, out_dir, seed)
+    result = split_imagefolder(src, by, holdout, out_dir, seed, name_pattern)
     for line in result.lines():
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     if result.links.get("copy"):
@@ -393,3 +398,6 @@ def schema(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+app.command("eval")(eval_command)  # in cli_eval.py: the command and its terminal table

@@ -82,6 +82,11 @@ def _data_lines(loaded: LoadedRecipe, deep: bool) -> list[str]:
         lines += check_data(recipe.audit.data, loaded.base_dir, "audit.data", deep=deep)
     if recipe.audit.enabled and recipe.audit.holdout is not None:
         lines += check_data(recipe.audit.holdout, loaded.base_dir, "audit.holdout", deep=deep)
+    if recipe.eval is not None and recipe.eval.enabled:
+        for name in ("real", "test"):
+            spec = getattr(recipe.eval, name)
+            if spec is not None:
+                lines += check_data(spec, loaded.base_dir, f"eval.{name}", classes=recipe.class_labels(), deep=deep)
     return lines
 
 

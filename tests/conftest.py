@@ -1,5 +1,6 @@
 """Shared fixtures: `real_data_dir` points at the real image sets, or skips the test when absent; `model_cache` +
-`isolated_cache` give a test module its own model cache (opt in with `pytest.mark.usefixtures("isolated_cache")`)."""
+`isolated_cache` give a test module its own model cache (opt in with `pytest.mark.usefixtures("isolated_cache")`);
+`dinov2_dir` is a tiny local DINOv2 folder for the model plug-ins of the audit and the eval."""
 
 from __future__ import annotations
 
@@ -32,3 +33,20 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def isolated_cache(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYNTHGEN_CACHE", str(model_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DINOv2 saved like a hub model (weights + image processor): the local-weights plug-in path."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    processor = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(folder)
+    return folder

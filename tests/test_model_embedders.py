@@ -44,21 +44,6 @@ def check_embedder(embedder: ModelEmbedder, dim: int) -> None:
     assert embedder.device.type == "cpu" and "similarity" in embedder.description.lower()
 
 
-@pytest.fixture(scope="module")
-def dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dinov2")
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
-    )
-    Dinov2Model(config).save_pretrained(folder)
-    processor = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor.save_pretrained(folder)
-    return folder
-
-
 class TinyCNN(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

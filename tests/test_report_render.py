@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from browser import EXTERNAL, chromium_or_skip, screenshot
 
 from synthgen.audit import entry
 from synthgen.audit.entry import run_audit
@@ -19,8 +15,6 @@ from synthgen.audit.privacy.membership import MIAConfig, ScoreSet, membership_su
 from synthgen.sample import Sample
 from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
 from synthgen.sources.memory import MemorySource
-
-EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.IGNORECASE)
 
 
 def phantoms(start: int, n: int, prefix: str) -> list[Sample]:
@@ -79,19 +73,8 @@ def test_report_holds_every_section_and_no_training_image(sets, tmp_path: Path) 
     assert shown.count('alt="training train-') == 4 and "training image hidden" not in shown
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
 def test_report_renders_in_headless_chromium(sets, tmp_path: Path, monkeypatch) -> None:
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not on PATH (CI must render the report)")
-        pytest.skip("chromium is not on PATH")
+    chromium_or_skip()
     monkeypatch.setattr(entry, "run_membership", fake_membership)
     summary = run_audit(
         sets["train"],
@@ -105,18 +88,5 @@ def test_report_renders_in_headless_chromium(sets, tmp_path: Path, monkeypatch) 
     assert summary["membership"]["n_members"] == 60 and (tmp_path / "membership.parquet").is_file()
     html = (tmp_path / "report.html").read_text()
     assert not EXTERNAL.search(html) and "ROC curves" in html and html.count("training image hidden") == 4
-    page, shot = tmp_path / "report.html", tmp_path / "report.png"
-    command = [
-        browser,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        f"--screenshot={shot}",
-        "--window-size=1200,2000",
-        page.as_uri(),
-    ]
-    subprocess.run(command, capture_output=True, timeout=180, check=False)
-    assert shot.is_file(), "chromium wrote no screenshot"
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    pixels = screenshot(tmp_path / "report.html", tmp_path)
     assert pixels.shape == (2000, 1200) and pixels.std() > 10  # text, tables and charts, not a blank page

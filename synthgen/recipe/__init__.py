@@ -4,6 +4,7 @@
 file and field. Callers import from here.
 """
 
+from synthgen.recipe.eval_schema import EvalConfig
 from synthgen.recipe.loading import (
     MAX_RECIPE_BYTES,
     canonical_json,
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_RECIPE_BYTES",
     "AuditConfig",
     "ClassConfig",
+    "EvalConfig",
     "LoRAConfig",
     "LoadedRecipe",
     "ModelConfig",

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from synthgen.recipe.eval_schema import EvalConfig
 from synthgen.runtime import tidy_path
 from synthgen.sources.spec import SourceSpec
 
@@ -324,6 +325,7 @@ class Recipe(_Strict):
     privacy: PrivacyConfig | None = Field(
         None, description="Train with differential privacy (DP-SGD); the budget goes into every sample's provenance."
     )
+    eval: EvalConfig | None = Field(None, description="Evaluate the written set against real data (synthgen eval).")
 
     @field_validator("classes")
     @classmethod
@@ -343,6 +345,19 @@ class Recipe(_Strict):
                 ("audit", "data"),
                 "required when model.pretrained is used (nothing else to audit against); "
                 "add an audit.data source or set audit.enabled: false",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _eval_has_real(self) -> Recipe:
+        if (
+            self.eval is not None
+            and self.eval.enabled
+            and self.eval.real is None
+            and self.model.training_data() is None
+        ):
+            raise FieldError(
+                ("eval", "real"), "required when model.pretrained is used (no training data to compare with)"
             )
         return self
 

@@ -59,10 +59,14 @@ class ModelEmbedder:
         self.dim = int(self._features([Image.new("RGB", (64, 64), (128, 128, 128))]).shape[1])
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
+        return l2_normalise(self.raw(images))
+
+    def raw(self, images: list[Image.Image]) -> np.ndarray:
+        """The network's features as they come out, not L2-normalised (FD and KID are defined on these)."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         chunks = [self._features(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        return l2_normalise(np.concatenate(chunks))
+        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
     def _features(self, images: list[Image.Image]) -> np.ndarray:
         import torch

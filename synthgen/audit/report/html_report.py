@@ -18,12 +18,12 @@ from PIL import Image
 from synthgen.audit.report.plots import bars_svg, histogram_svg, roc_svg
 from synthgen.audit.report.summary import AuditRow
 
-__all__ = ["GalleryItem", "render_report", "thumbnail_png"]
+__all__ = ["CSS", "GalleryItem", "render_report", "thumbnail_png"]
 
 THUMBNAIL_SIZE = 96
 MAX_SKIPPED_ROWS = 200
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 .cards{display:flex;flex-wrap:wrap;gap:1em}
@@ -312,7 +312,7 @@ def render_report(
     title = "Memorization audit" if "n_candidates" in summary else "Membership inference audit"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>synthgen {title.lower()}</title>
-<style>{_CSS}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>{title}</h1>
 {"".join(body)}
 <h2>Provenance</h2>

@@ -118,18 +118,24 @@ def bars_svg(
     return "".join(parts)
 
 
+def legend_at(names: Sequence[str], x: float, y: float, *, step: int = 16, font_size: int = 11) -> list[str]:
+    """A colour swatch and name per series (colours in `COLOURS` order), one line every `step` pixels."""
+    parts = []
+    for i, (name, colour) in enumerate(zip(names, COLOURS, strict=False)):
+        line_y = y + step * i
+        parts.append(
+            f'<rect x="{x}" y="{line_y - 9}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{x + 15}" y="{line_y}" font-size="{font_size}">{escape(name)}</text>'
+        )
+    return parts
+
+
 def _legend(names: Sequence[str]) -> list[str]:
     parts = [
         f'<rect x="{WIDTH - RIGHT - 196}" y="{TOP}" width="190" height="{16 * len(names) + 4}" fill="#fff" '
         'fill-opacity="0.85"/>'
     ]
-    for i, (name, colour) in enumerate(zip(names, COLOURS, strict=False)):
-        y = TOP + 8 + 16 * i
-        parts.append(
-            f'<rect x="{WIDTH - RIGHT - 190}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{WIDTH - RIGHT - 175}" y="{y}" font-size="11">{escape(name)}</text>'
-        )
-    return parts
+    return parts + legend_at(names, WIDTH - RIGHT - 190, TOP + 8)
 
 
 def roc_svg(curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, mark_fpr: float = 0.01) -> str:
@@ -163,11 +169,6 @@ def roc_svg(curves: dict[str, tuple[Sequence[float], Sequence[float]]], *, mark_
         f'y2="{TOP + 14 + 18 * len(curves) - 4}" stroke="#888" stroke-width="2" stroke-dasharray="4 3"/>'
         f'<text x="{legend_x + 15}" y="{TOP + 14 + 18 * len(curves)}" font-size="12">FPR {mark_fpr:.0%}</text>'
     )
-    for i, (name, colour) in enumerate(zip(curves, COLOURS, strict=False)):
-        y = TOP + 14 + 18 * i
-        parts.append(
-            f'<rect x="{legend_x}" y="{y - 9}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{legend_x + 15}" y="{y}" font-size="12">{escape(name)}</text>'
-        )
+    parts += legend_at(list(curves), legend_x, TOP + 14, step=18, font_size=12)
     parts.append("</svg>")
     return "".join(parts)
