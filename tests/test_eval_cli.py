@@ -151,12 +151,16 @@ def test_split_by_holds_out_whole_patients(sets: dict[str, Path], tmp_path: Path
             "-o",
             str(tmp_path),
             "--no-utility",
+            "--medvqa",
+            "--bootstrap",
+            "20",
         ]
     )
     assert code == 0, output
     summary = json.loads((tmp_path / "eval.json").read_text())
     assert summary["sets"]["test"]["images"] + summary["sets"]["real"]["images"] == 80
     assert "utility" not in summary  # --no-utility
+    assert summary["medvqa"]["pairs"] == 1 and 0 < summary["medvqa"]["fidelity"] <= 1000
     real, test = split_by_group(read_set("real", sets["real"]), "patient_id")
     patients = [{row["patient_id"] for row in side.metadata} for side in (real, test)]
     assert len(test) == summary["sets"]["test"]["images"] and not patients[0] & patients[1]
