@@ -158,8 +158,8 @@ def test_members_of_an_overfit_model_are_detected(overfit_model: Path) -> None:
     assert again["n_members"] == 2 and again["n_nonmembers"] == 2
     assert (
         again["attacks"]["loss"]["median"]["members"]
-        == pytest.approx(  # fixed noise: deterministic
-            float(np.median(member_scores.loss[:2]))
+        == pytest.approx(  # fixed noise: deterministic up to the summary's 5-decimal rounding
+            float(np.median(member_scores.loss[:2])), abs=1e-5
         )
     )
 
