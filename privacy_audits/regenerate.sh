@@ -26,8 +26,12 @@ for recipe in "${RECIPES[@]}"; do
   out="privacy_audits/$name" new="$work/$name-audit"
   "$synthgen" build "$recipe" --out "$work/$name"
   # The build's own audit (every generated image, dropped copies included) goes to build/.
+  # Its rows and report name the training files: shipped only for the demo phantoms (ours), never for real data.
   mkdir -p "$new/build"
-  cp "$work/$name/audit/summary.json" "$work/$name/audit/report.html" "$work/$name/audit/audit.parquet" "$new/build/"
+  cp "$work/$name/audit/summary.json" "$new/build/"
+  if grep -q "type: demo" "$recipe"; then
+    cp "$work/$name/audit/report.html" "$work/$name/audit/audit.parquet" "$new/build/"
+  fi
   # The recipe's eval: block (fidelity, label fidelity, TRTR / TSTR utility on held-out data) goes to eval/.
   if [ -d "$work/$name/eval" ]; then mkdir -p "$new/eval" && cp "$work/$name/eval/eval.json" "$work/$name/eval/report.html" "$new/eval/"; fi
   # The published images against the training data, with a holdout of the same domain and the model itself.
