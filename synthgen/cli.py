@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from synthgen import __version__
-from synthgen.cli_eval import eval_command
+from synthgen.cli_eval import eval_brief, eval_command
 from synthgen.cli_session import (
     apply_global_options,
     console,
@@ -170,6 +170,9 @@ def build(
             markup=False,
             highlight=False,
         )
+    if result.eval_summary:
+        report = (result.out_dir / "eval" / "report.html").resolve()
+        out.print(f"{eval_brief(result.eval_summary)}; report: {report}", markup=False, highlight=False, soft_wrap=True)
     out.print(f"shards written {result.shards_written}, resumed {result.shards_resumed}")
     folder = result.model.get("exported_path")
     where = (result.out_dir / folder).resolve() if folder else result.model.get("path")

@@ -97,6 +97,26 @@ def _num(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else ("–" if value is None else str(value))
 
 
+def eval_brief(summary: dict[str, Any]) -> str:
+    """One line for the build's output: TSTR against TRTR, label fidelity, FD against the real baseline."""
+    utility = summary.get("utility") or {}
+
+    def accuracy(regime: str) -> str:
+        return _num(((utility.get(regime) or {}).get("balanced_accuracy") or {}).get("mean"))
+
+    parts = [f"FD {_num(summary.get('fd'), 2)}"]
+    if summary.get("baseline"):
+        parts[0] += f" (real held-out {_num(summary['baseline'].get('fd'), 2)})"
+    if "tstr" in utility:
+        parts.append(
+            f"balanced accuracy on held-out data trained on synthetic {accuracy('tstr')}, real {accuracy('trtr')}, "
+            f"both {accuracy('trtr_plus_synthetic')}"
+        )
+    if summary.get("label_fidelity"):
+        parts.append(f"label fidelity {_num(summary['label_fidelity'].get('agreement'))}")
+    return "eval: " + "; ".join(parts)
+
+
 def print_eval(summary: dict[str, Any]) -> None:
     """Per-class fidelity, then one line per utility regime and label fidelity."""
     table = Table(title=f"fidelity in {summary['features']['name']} features", title_justify="left")

@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from synthgen.cli import app
+from synthgen.cli_eval import eval_brief
 from synthgen.evaluation.entry import EvalRequest, run_eval
 from synthgen.evaluation.image_sets import read_set, split_by_group
 
@@ -114,6 +115,8 @@ def test_eval_writes_every_key_overall_and_per_class(sets: dict[str, Path], tmp_
     assert summary["seeds"] == [0, 1]
     assert summary["baseline"]["fd"] >= 0  # real test vs real reference, at these sizes
     assert "balanced accuracy" in output and "report:" in output
+    brief = eval_brief(summary)  # the build's one line
+    assert brief.startswith("eval: FD ") and "trained on synthetic" in brief and "label fidelity" in brief
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Is this synthetic set worth using?" in html and "Real images are not shown" in html
     assert not EXTERNAL.search(html) and "Confusion matrices" in html and "Learning curves" in html
