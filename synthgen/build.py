@@ -309,9 +309,10 @@ def _evaluate(
     blob = json.dumps({"shards": shards, "recipe": loaded.sha256, "version": __version__}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()
     done = out / "eval" / "eval.json"
-    if done.is_file() and json.loads(done.read_text()).get("build_key") == key:
+    previous = json.loads(done.read_text()) if done.is_file() else {}
+    if previous.get("build_key") == key:
         reporter.log(f"eval: up to date ({done})")
-        return json.loads(done.read_text())
+        return previous
     real = config.real or loaded.recipe.model.training_data()
     assert real is not None  # the recipe schema requires eval.real for a pretrained model
     request = EvalRequest(

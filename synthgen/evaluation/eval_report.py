@@ -6,20 +6,19 @@ when the user opts in (`show_real_images`): a report is easily shared, the patie
 
 from __future__ import annotations
 
-import base64
 from html import escape
 from typing import Any
 
 import numpy as np
 
-from synthgen.audit.report.html_report import CSS, thumbnail_png
+from synthgen.audit.report.html_report import CSS, img_tag, thumbnail_png
 from synthgen.audit.report.plots import COLOURS, LEFT, TOP, Frame, legend_at
 from synthgen.evaluation.image_sets import ImageSet
 
 GRID_PER_CLASS = 8
 REGIMES = {"trtr": "real → real (TRTR)", "tstr": "synthetic → real (TSTR)", "trtr_plus_synthetic": "real + synthetic"}
 _EXTRA_CSS = """
-.cm td{text-align:right;min-width:2.5em} .ok{color:#070} .low{color:#b00}
+.cm td{text-align:right;min-width:2.5em}
 .thumbs img{margin:1px}
 """
 
@@ -56,11 +55,6 @@ def _mean_ci(block: Any) -> str:
         return _fmt(block)
     ci = block.get("ci") or [None, None]
     return f"{_fmt(block['mean'])} <small>[{_fmt(ci[0])}, {_fmt(ci[1])}]</small>"
-
-
-def _img(png: bytes, alt: str, width: int = 64) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="{width}">'
 
 
 def _cards(summary: dict[str, Any]) -> str:
@@ -162,11 +156,11 @@ def _grids(real: ImageSet, synthetic: ImageSet, show_real: bool) -> str:
     out = []
     for label in synthetic.classes():
         synth = [i for i, lab in enumerate(synthetic.labels) if lab == label][:GRID_PER_CLASS]
-        row = "".join(_img(thumbnail_png(synthetic.images[i], 64), f"synthetic {label}") for i in synth)
+        row = "".join(img_tag(thumbnail_png(synthetic.images[i], 64), f"synthetic {label}", 64) for i in synth)
         out.append(f"<h3>{escape(label)}</h3><p class='thumbs'><b>synthetic</b><br>{row}</p>")
         if show_real:
             reals = [i for i, lab in enumerate(real.labels) if lab == label][:GRID_PER_CLASS]
-            row = "".join(_img(thumbnail_png(real.images[i], 64), f"real {label}") for i in reals)
+            row = "".join(img_tag(thumbnail_png(real.images[i], 64), f"real {label}", 64) for i in reals)
             out.append(f"<p class='thumbs'><b>real</b><br>{row}</p>")
     if not show_real:
         out.append("<p class='note'>Real images are not shown (pass --show-real-images to compare side by side).</p>")

@@ -18,7 +18,7 @@ from PIL import Image
 from synthgen.audit.report.plots import bars_svg, histogram_svg, roc_svg
 from synthgen.audit.report.summary import AuditRow
 
-__all__ = ["CSS", "GalleryItem", "render_report", "thumbnail_png"]
+__all__ = ["CSS", "GalleryItem", "img_tag", "render_report", "thumbnail_png"]
 
 THUMBNAIL_SIZE = 96
 MAX_SKIPPED_ROWS = 200
@@ -58,9 +58,10 @@ def thumbnail_png(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
     return buffer.getvalue()
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str, width: int = THUMBNAIL_SIZE) -> str:
+    """An inline PNG (a data URI): the report stays one file that renders offline."""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="96">'
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="{width}">'
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -110,13 +111,13 @@ def _gallery(items: list[GalleryItem], n_flagged: int, show_training_images: boo
     figures = []
     for item in items:
         row = item.row
-        images = _img(item.thumbnail, f"candidate {row.key}") + " "
+        images = img_tag(item.thumbnail, f"candidate {row.key}") + " "
         if not show_training_images:
             images += (
                 '<span class="hidden" title="run with --show-training-images to show it">training image hidden</span>'
             )
         elif item.train_thumbnail:
-            images += _img(item.train_thumbnail, f"training {row.nearest_train_key}")
+            images += img_tag(item.train_thumbnail, f"training {row.nearest_train_key}")
         else:
             images += '<span class="hidden">training image not found</span>'
         status = "flagged" if row.flagged else "not flagged"
