@@ -315,9 +315,10 @@ def _evaluate(
         return previous
     real = config.real or loaded.recipe.model.training_data()
     assert real is not None  # the recipe schema requires eval.real for a pretrained model
+    has_parquet = any(f.format == "parquet" for record in records.values() for f in record.files)
     request = EvalRequest(
         real=real,
-        synthetic=_published(out, records),
+        synthetic=out if has_parquet else _published(out, records),  # a build folder: read as training code does
         out_dir=out / "eval",
         test=config.test,
         features=config.features,

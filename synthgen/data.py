@@ -10,6 +10,7 @@ nothing in the CLI imports it at top level.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -113,18 +114,21 @@ class SyntheticDataset(Dataset):
             raise SynthgenError(f"SyntheticDataset reads Parquet shards; use SyntheticShards for {format!r}")
         build = _Build(build_dir, "parquet", verify)
         self.root, self.transform, self.classes = build.root, transform, build.classes()
-        keys, labels, images = [], [], []
+        keys, labels, images, prompts = [], [], [], []
         for file, entry in zip(build.files, build.entries, strict=True):
             try:
-                table = pq.read_table(file, columns=["key", "image", "label"])
+                table = pq.read_table(file, columns=["key", "image", "label", "prompt"])
             except (OSError, pa.ArrowException) as error:
                 raise SynthgenError(f"{file}: unreadable Parquet shard ({error})") from None
             if table.num_rows != entry.get("num_samples", table.num_rows):
                 raise SynthgenError(f"{file}: {table.num_rows} rows, manifest.json says {entry['num_samples']}")
             keys += table.column("key").to_pylist()
+            prompts += table.column("prompt").to_pylist()
             labels.append(table.column("label").to_numpy(zero_copy_only=False))
             images.append(table.column("image").combine_chunks().flatten()[0])  # the bytes child, offsets applied
         self.keys: list[str] = keys
+        self.prompts: list[str] = prompts  # the text each image was generated from
+        self.fingerprint = hashlib.sha256("".join(e["sha256"] for e in build.entries).encode()).hexdigest()
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
         self._images = images
         self._starts = np.cumsum([0] + [len(a) for a in images])

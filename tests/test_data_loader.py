@@ -135,3 +135,32 @@ def test_bad_build_dirs(tmp_path) -> None:
     (tmp_path / "c/manifest.json").write_text("{broken")
     with pytest.raises(SynthgenError, match="unreadable manifest"):
         SyntheticShards(tmp_path / "c")
+
+
+def test_eval_reads_a_build_through_the_dataset(build, monkeypatch) -> None:
+    """`synthgen eval --synthetic BUILD` reads the build as training code does: a capped read decodes only the
+    images it keeps, with the prompts and the manifest's class names, and the same images as the source reader."""
+    from synthgen.evaluation.image_sets import read_set
+
+    out, samples = build
+    decoded: list[int] = []
+    real_getitem = SyntheticDataset.__getitem__
+
+    def counting(self, index):
+        decoded.append(index)
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(SyntheticDataset, "__getitem__", counting)
+    capped = read_set("synthetic", out, max_per_class=2)
+    assert len(decoded) == len(capped) == 6 and capped.counts() == {"normal": 2, "polyp": 2, "ulcer": 2}
+    by_key = {s.key: s for s in samples}
+    for key, label, prompt, image in zip(capped.keys, capped.labels, capped.prompts, capped.images, strict=True):
+        assert (by_key[key].label, by_key[key].text) == (label, prompt)
+        assert np.array_equal(np.asarray(image), np.asarray(by_key[key].image.convert("RGB")))
+    assert capped.fingerprint == SyntheticDataset(out).fingerprint != ""
+    whole = read_set("synthetic", out)
+    assert whole.keys == [s.key for s in samples]
+    from synthgen.sources import open_source
+
+    via_source = read_set("synthetic", open_source(str(out)), max_per_class=2)  # the generic reader's draw
+    assert via_source.keys == capped.keys

@@ -97,6 +97,7 @@ def main() -> None:
             assert all("pooler" in m or "position_ids" in m for m in missing) or prefix == "unet." and not missing, (
                 missing
             )
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own resolution (32, 64, 128 px)
     rng = np.random.default_rng(a.seed)
     rows, t0 = [], time.time()
     for k, (name, (texts, w)) in enumerate(class_prompts(a.recipe).items()):
@@ -105,7 +106,7 @@ def main() -> None:
             chunk = prompts[start : start + a.batch]
             gens = [torch.Generator().manual_seed(a.seed * 100003 + k * 10007 + start + i) for i in range(len(chunk))]
             images = pipe(
-                chunk, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=gens, height=64, width=64
+                chunk, num_inference_steps=a.steps, guidance_scale=a.guidance, generator=gens, height=side, width=side
             ).images
             for prompt, im in zip(chunk, images, strict=True):
                 buf = io.BytesIO()

@@ -1,14 +1,16 @@
 """The images an evaluation compares: read once from any source, capped per class, split by patient, checked.
 
 Every set (real reference, synthetic, real test) is read through `synthgen.sources`, so an imagefolder, Parquet,
-WebDataset or a synthgen build folder all work. A cap per class bounds the cost on big data; the cap draws a
-seeded random subset, not the first files, so one patient or video at the top of a folder does not stand in
-for the class.
+WebDataset or a synthgen build folder all work; a build folder with Parquet shards is read the way training code
+reads it, through `synthgen.data.SyntheticDataset` (class names from its manifest, random access: a capped read
+decodes only the images it keeps). A cap per class bounds the cost on big data; the cap draws a seeded random
+subset, not the first files, so one patient or video at the top of a folder does not stand in for the class.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +84,9 @@ def read_set(
     progress: Callable[[str], None] | None = None,
 ) -> ImageSet:
     """Decode the images of `spec` (at most `max_per_class` per label, a seeded draw); `name` prefixes errors."""
+    build = _parquet_build(spec, base_dir)
+    if build is not None:
+        return _read_build(name, build, max_per_class, seed)
     try:
         source = (
             spec if isinstance(spec, Source) else open_source(str(spec) if isinstance(spec, Path) else spec, base_dir)
@@ -112,6 +117,54 @@ def read_set(
         raise SynthgenError(f"--{name}: {missing} of {len(images)} images have no label in {source.description}")
     return ImageSet(
         name, source.description, images, kept_labels, keys, prompts, metadata, len(source.skipped), _fp(source)
+    )
+
+
+def _parquet_build(spec: SourceSpec | str | Path | Source, base_dir: Path | None) -> Path | None:
+    """The folder when `spec` names a synthgen build that wrote Parquet shards, else None."""
+    if not isinstance(spec, str | Path):
+        return None
+    folder = Path(spec) if base_dir is None or Path(spec).is_absolute() else base_dir / spec
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        return folder if any(e.get("format") == "parquet" for e in manifest["shards"]) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not a build folder (or not a readable one): the sources decide and explain
+
+
+def _read_build(name: str, folder: Path, max_per_class: int | None, seed: int) -> ImageSet:
+    """A build's images through `SyntheticDataset`: only the capped positions are decoded."""
+    from synthgen.data import SyntheticDataset
+
+    try:
+        dataset = SyntheticDataset(folder, transform=lambda image: image)
+    except SynthgenError as error:
+        raise SynthgenError(f"--{name}: {error}") from None
+    labels = [dataset.classes[i] for i in dataset.labels]
+    keep = _capped_positions(labels, max_per_class, seed)
+    positions = range(len(dataset)) if keep is None else sorted(keep)
+    images, keys = [], []
+    for position in positions:
+        try:
+            image = dataset[position][0].convert("RGB")
+        except SynthgenError as error:
+            raise SynthgenError(f"--{name}: {error}") from None
+        if max(image.size) > MAX_SIDE:
+            image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        images.append(image)
+        keys.append(dataset.keys[position])
+    if not images:
+        raise SynthgenError(f"--{name}: no images in the build {folder}")
+    return ImageSet(
+        name,
+        f"synthgen build {folder}",
+        images,
+        [labels[p] for p in positions],
+        keys,
+        [dataset.prompts[p] for p in positions],
+        [],
+        0,
+        dataset.fingerprint,
     )
 
 
