@@ -157,9 +157,8 @@ def build(
 
         @functools.cache
         def generator() -> Generator:  # loaded on first use: a finished build never loads the weights
-            return Generator(
-                load_model(resolved.path, resolved.model_id, model_sha256, device), recipe.sampling, provenance
-            )
+            pipeline = load_model(resolved.path, resolved.model_id, model_sha256, device, resolved.allow_pickle)
+            return Generator(pipeline, recipe.sampling, provenance)
 
         auditor = _auditor(loaded, reporter)
         output = recipe.output

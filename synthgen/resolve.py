@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthgen.models.locate import check_pretrained, hub_snapshot, local_pipeline
+from synthgen.models.safe_weights import check_pipeline_folder
 from synthgen.provenance import sha256_tree
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Progress, cache_root
@@ -29,6 +30,7 @@ class ResolvedModel:
     path: Path
     model_id: str
     trained_now: bool = False
+    allow_pickle: bool = False  # the recipe's model.allow_pickle, for a pretrained pipeline used as is
 
     def sha256(self) -> str:
         return sha256_tree(self.path)
@@ -55,7 +57,9 @@ def resolve_model(
         local = local_pipeline(loaded, model.pretrained)
         path = local.resolve() if local is not None else hub_snapshot(model.pretrained, model.revision)
         if model.lora is None:
-            return ResolvedModel(path, str(path) if local is not None else model.pretrained)
+            check_pipeline_folder(path, "model.pretrained", model.allow_pickle)  # a hub snapshot is checked here
+            model_id = str(path) if local is not None else model.pretrained
+            return ResolvedModel(path, model_id, allow_pickle=model.allow_pickle)
         return _resolve_lora(loaded, path, progress, notify)
     config = model.train
     source = open_source(config.data, loaded.base_dir)
@@ -73,6 +77,7 @@ def _resolve_lora(
 ) -> ResolvedModel:
     """The cached LoRA fine-tune of `base` for these settings and data, trained first when missing."""
     config = loaded.recipe.model.lora
+    check_pipeline_folder(base, "model.pretrained", loaded.recipe.model.allow_pickle)  # before training on it
     source = open_source(config.data, loaded.base_dir)
     base_sha256 = sha256_tree(base)
     key = lora_key(config, source.fingerprint(), base_sha256)

@@ -75,6 +75,7 @@ def train_from_recipe(
         recipe_sha256=loaded.sha256,
         overwrite=overwrite,
         notify=notify,
+        allow_pickle=model.allow_pickle,
     )
 
 
@@ -92,8 +93,11 @@ def train_msdm(
     recipe_sha256: str | None = None,
     overwrite: bool = False,
     notify: Notify | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
-    """Train an MSDM on `source` into `out_dir` (resuming an interrupted run of the same settings there)."""
+    """Train an MSDM on `source` into `out_dir` (resuming an interrupted run of the same settings there).
+
+    `allow_pickle` (model.allow_pickle) lets a pretrained VAE or text encoder load from pickled weights."""
     from synthgen.training.msdm_run import MSDMRequest, run_msdm
 
     request = MSDMRequest(
@@ -107,6 +111,7 @@ def train_msdm(
         recipe_sha256=recipe_sha256,
         overwrite=overwrite,
         device=device,
+        allow_pickle=allow_pickle,
     )
     return run_msdm(request, progress, notify)
 
@@ -125,11 +130,13 @@ def train_lora(
     recipe_sha256: str | None = None,
     overwrite: bool = False,
     notify: Notify | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     """Fine-tune the pipeline folder `base` with `config` on `source` into `out_dir` (resumes a stopped run).
 
     `base_id` names the base in the model info (default: its path); `base_sha256` saves hashing it twice;
-    `prompts` give the sample grids' rows (default: each label's first caption).
+    `prompts` give the sample grids' rows (default: each label's first caption); `allow_pickle`
+    (model.allow_pickle) lets a base with pickled weights load.
     """
     from synthgen.training.lora_run import LoRARequest, run_lora
 
@@ -144,6 +151,7 @@ def train_lora(
         recipe_sha256=recipe_sha256,
         overwrite=overwrite,
         device=device,
+        allow_pickle=allow_pickle,
     )
     return run_lora(request, progress, notify)
 
@@ -174,6 +182,7 @@ def _lora_from_recipe(loaded, source, out_dir, progress, device, overwrite, noti
         recipe_sha256=loaded.sha256,
         overwrite=overwrite,
         notify=notify,
+        allow_pickle=model.allow_pickle,
     )
 
 

@@ -185,17 +185,26 @@ def test_progress_reports_both_stages(tmp_path: Path) -> None:
 
 def test_audit_defaults_are_the_recipes() -> None:
     """The build (recipe), `synthgen audit` and `run_audit` judge alike unless told otherwise."""
-    from synthgen.cli import audit as audit_command
+    from synthgen.cli_audit import audit_command
     from synthgen.recipe import AuditConfig
 
     fields = AuditConfig.model_fields
-    expected = {name: fields[name].default for name in ("embedder", "threshold", "target_fpr", "index")}
-    assert expected == {"embedder": "copydetect", "threshold": "auto", "target_fpr": 0.01, "index": "auto"}
+    names = ("embedder", "threshold", "target_fpr", "index", "group_by", "group_pattern")
+    expected = {name: fields[name].default for name in names}
+    assert expected == {
+        "embedder": "copydetect",
+        "threshold": "auto",
+        "target_fpr": 0.01,
+        "index": "auto",
+        "group_by": "auto",
+        "group_pattern": None,
+    }
     for function in (Auditor.from_source, run_audit):
         parameters = inspect.signature(function).parameters
         assert {name: parameters[name].default for name in expected} == expected, function
     command = inspect.signature(audit_command).parameters
     assert (command["embedder"].default, command["threshold"].default) == (expected["embedder"], "auto")
+    assert (command["group_by"].default, command["group_pattern"].default) == ("auto", None)
 
 
 def test_audit_package_imports_cheaply_and_exports_what_it_lists() -> None:

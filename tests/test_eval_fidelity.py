@@ -163,7 +163,7 @@ def test_inception_torchscript_plug_in(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = tmp_path / "inception.pt"
     torch.jit.script(TinyInception().eval()).save(str(path))
-    space = get_feature_space(f"inception:{path}")
+    space = get_feature_space(f"inception:{path}?allow_pickle=true")
     rows = space.features([blob_image(i) for i in range(2)])
     assert rows.shape == (2, 16) and space.sha256 == weights_sha256(path)
     assert not np.allclose(rows.sum(axis=1), 1.0)  # the features, not the softmax

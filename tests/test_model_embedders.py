@@ -73,7 +73,7 @@ def test_dinov2_from_local_folder(dinov2_dir: Path, pooling: str) -> None:
 
 @pytest.mark.parametrize("resize", ["320", "288"])
 def test_sscd_torchscript(sscd_file: Path, resize: str) -> None:
-    embedder = get_embedder(f"sscd:{sscd_file}?resize={resize}&batch_size=3")
+    embedder = get_embedder(f"sscd:{sscd_file}?resize={resize}&batch_size=3&allow_pickle=true")
     assert isinstance(embedder, ModelEmbedder) and embedder.batch_size == 3
     assert "SSCD" in embedder.description
     check_embedder(embedder, 24)
@@ -82,10 +82,10 @@ def test_sscd_torchscript(sscd_file: Path, resize: str) -> None:
 def test_weights_change_invalidates_the_index_cache_key(sscd_file: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.torchscript.pt"
     copy.write_bytes(sscd_file.read_bytes())
-    before = cache_key("data", get_embedder(f"sscd:{copy}"), "auto")
-    assert cache_key("data", get_embedder(f"sscd:{copy}"), "auto") == before
+    before = cache_key("data", get_embedder(f"sscd:{copy}?allow_pickle=true"), "auto")
+    assert cache_key("data", get_embedder(f"sscd:{copy}?allow_pickle=true"), "auto") == before
     torch.jit.script(TinyCNN().eval()).save(str(copy))  # new weights at the same path
-    assert cache_key("data", get_embedder(f"sscd:{copy}"), "auto") != before
+    assert cache_key("data", get_embedder(f"sscd:{copy}?allow_pickle=true"), "auto") != before
 
 
 def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +108,7 @@ def test_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         get_embedder(f"sscd:{tmp_path}")
     (tmp_path / "broken.pt").write_bytes(b"not a model")
     with pytest.raises(SynthgenError, match="cannot load SSCD TorchScript model from .*broken.pt"):
-        get_embedder(f"sscd:{tmp_path / 'broken.pt'}")
+        get_embedder(f"sscd:{tmp_path / 'broken.pt'}?allow_pickle=true")
     with pytest.raises(SynthgenError, match="not in the Hugging Face cache|cannot load DINOv2"):
         get_embedder("dinov2:no-such-org/no-such-model")
     monkeypatch.setitem(sys.modules, "timm", None)  # as if timm were not installed

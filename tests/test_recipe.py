@@ -107,6 +107,8 @@ def test_defaults(tmp_path):
         "embedder": "copydetect",
         "threshold": "auto",
         "target_fpr": 0.01,
+        "group_by": "auto",
+        "group_pattern": None,
         "index": "auto",
         "action": "flag",
         "max_retries": 3,

@@ -18,6 +18,7 @@ import numpy as np
 from synthgen.atomic import write_json, write_text
 from synthgen.audit.detection.auditor import (
     DEFAULT_DETECTOR,
+    DEFAULT_GROUP_BY,
     DEFAULT_INDEX,
     DEFAULT_TARGET_FPR,
     DEFAULT_THRESHOLD,
@@ -46,6 +47,8 @@ def run_audit(
     threshold: float | str = DEFAULT_THRESHOLD,
     target_fpr: float = DEFAULT_TARGET_FPR,
     index: str = DEFAULT_INDEX,
+    group_by: str = DEFAULT_GROUP_BY,
+    group_pattern: str | None = None,
     privacy_metrics: bool = True,
     holdout: Source | None = None,
     model: str | Path | None = None,
@@ -56,9 +59,10 @@ def run_audit(
 ) -> dict[str, Any]:
     """Run what the inputs allow; write summary.json + report.html (+ audit.parquet, membership.parquet).
 
-    `embedder` / `threshold` / `target_fpr` / `index` choose the copy detector as the recipe's `audit` block does
-    (same defaults). `privacy_metrics`: also measure the embedding-space privacy metrics (against `holdout` when
-    given). `max_images` bounds the membership inference (per side) and the holdout images the metrics embed.
+    `embedder` / `threshold` / `target_fpr` / `index` choose the copy detector, and `group_by` / `group_pattern`
+    the groups (patients) its calibration keeps apart, as the recipe's `audit` block does (same defaults).
+    `privacy_metrics`: also measure the embedding-space privacy metrics (against `holdout` when given).
+    `max_images` bounds the membership inference (per side) and the holdout images the metrics embed.
     """
     if candidates is None and model is None:
         raise SynthgenError("nothing to audit: give --candidates (copy audit) and/or --model (membership inference)")
@@ -75,7 +79,16 @@ def run_audit(
     if candidates is None:
         assert membership is not None and holdout_info is not None
         return _write_membership_only(out_dir, membership, _describe(train), holdout_info)
-    auditor = Auditor.from_source(train, embedder, threshold, progress, target_fpr=target_fpr, index=index)
+    auditor = Auditor.from_source(
+        train,
+        embedder,
+        threshold,
+        progress,
+        target_fpr=target_fpr,
+        index=index,
+        group_by=group_by,
+        group_pattern=group_pattern,
+    )
     inputs = None
     if privacy_metrics:
         inputs = reference_vectors(auditor, train, holdout, holdout_info, max_images, progress)

@@ -89,10 +89,16 @@ def _inception(arg: str, options: dict[str, str]) -> Any:
     0..255 image at 299x299) or timm's inception_v3 from a weights file."""
     from synthgen.audit.index.embedder_registry import get_embedder
     from synthgen.audit.index.model_embedders import ModelEmbedder, load_failed, local_weights
+    from synthgen.models.safe_weights import check_weight_file, parse_flag
 
     path = local_weights(arg, "Inception")
+    allow = options.pop("allow_pickle", "false")
     if path.is_dir() or path.suffix not in (".pt", ".torchscript"):
-        return get_embedder(f"timm:inception_v3:{path}" if path.is_file() else f"timm:{path}")
+        timm_name = f"timm:inception_v3:{path}" if path.is_file() else f"timm:{path}"
+        return get_embedder(f"{timm_name}?allow_pickle={allow}")
+    field = "feature space 'inception'"
+    opt_in = "?allow_pickle=true after the inception: path"
+    check_weight_file(path, field, parse_flag(allow, field), opt_in, torchscript=True)  # TorchScript runs code
     import torch
 
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from synthgen.errors import SynthgenError
+from synthgen.models.safe_weights import check_pipeline_folder, safe_kwargs
 from synthgen.runtime import dtype_kwarg, first_line, pick_dtype, quiet_libraries
 
 
@@ -43,14 +44,20 @@ class LoadedModel:
         return 512
 
 
-def load_model(path: Path, model_id: str, model_sha256: str, device) -> LoadedModel:
-    """Load a diffusers pipeline folder with every component in eval mode on `device`."""
+def load_model(path: Path, model_id: str, model_sha256: str, device, allow_pickle: bool = False) -> LoadedModel:
+    """Load a diffusers pipeline folder with every component in eval mode on `device`.
+
+    Safetensors only unless `allow_pickle` (the recipe's `model.allow_pickle`): pickled weights can run code.
+    """
     from diffusers import DiffusionPipeline
 
+    check_pipeline_folder(Path(path), "model.pretrained", allow_pickle)
     quiet_libraries()
     dtype = pick_dtype(device)
     try:
-        pipeline = DiffusionPipeline.from_pretrained(path, **dtype_kwarg(dtype), local_files_only=True)
+        pipeline = DiffusionPipeline.from_pretrained(
+            path, **dtype_kwarg(dtype), local_files_only=True, **safe_kwargs(allow_pickle)
+        )
     except (OSError, ValueError, ImportError) as error:
         reason = first_line(error)
         raise SynthgenError(f"model {model_id}: cannot load diffusers pipeline from {path}: {reason}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthgen.errors import SynthgenError
+from synthgen.models.safe_weights import check_pipeline_folder
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import HUB_ID, first_line, offline
 
@@ -42,6 +43,7 @@ def check_pretrained(loaded: LoadedRecipe) -> str:
     model = loaded.recipe.model
     local = local_pipeline(loaded, model.pretrained)
     if local is not None:
+        check_pipeline_folder(local, "model.pretrained", model.allow_pickle)
         return f"pretrained pipeline {local}"
     if not HUB_ID.match(model.pretrained):
         raise SynthgenError(
@@ -50,7 +52,9 @@ def check_pretrained(loaded: LoadedRecipe) -> str:
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model.pretrained, "model_index.json", revision=model.revision)
-    if not isinstance(cached, str) and offline():
+    if isinstance(cached, str):
+        check_pipeline_folder(Path(cached).parent, "model.pretrained", model.allow_pickle)
+    elif offline():
         raise SynthgenError(f"model.pretrained: hub id '{model.pretrained}' is not in the local cache (offline)")
     return f"hub pipeline {model.pretrained}" + ("" if isinstance(cached, str) else " (will download)")
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from synthgen.errors import SynthgenError
 from synthgen.models.msdm import MSDMPreset, build_text_encoder, train_tokenizer
+from synthgen.models.safe_weights import RECIPE_OPT_IN, check_model_folder, safe_kwargs
 from synthgen.recipe import TextEncoderConfig
 from synthgen.runtime import HUB_ID, first_line, offline
 
@@ -82,10 +83,11 @@ def make_text_encoder(
     private: bool,
     base_dir: Path | None = None,
     tokenizer: Any = None,
+    allow_pickle: bool = False,
 ) -> TextEncoder:
     """The recipe's text encoder, frozen (`train: false`) or trainable; `tokenizer` reuses a saved one (resume)."""
     if config.pretrained:
-        model, loaded_tokenizer, kind = load_pretrained(config.pretrained, base_dir, preset.max_length)
+        model, loaded_tokenizer, kind = load_pretrained(config.pretrained, base_dir, preset.max_length, allow_pickle)
         encoder = TextEncoder(model, tokenizer or loaded_tokenizer, kind, config.pretrained, config.train)
     else:
         corpus = tokenizer_corpus(config, private)
@@ -115,21 +117,29 @@ def _locate(name: str, base_dir: Path | None) -> tuple[str, bool]:
     return name, offline()
 
 
-def load_pretrained(name: str, base_dir: Path | None, max_length: int) -> tuple[Any, Any, str]:
-    """A BERT-family (AutoModel) or CLIP text model (detected by config.model_type) and its tokenizer."""
+def load_pretrained(
+    name: str, base_dir: Path | None, max_length: int, allow_pickle: bool = False
+) -> tuple[Any, Any, str]:
+    """A BERT-family (AutoModel) or CLIP text model (detected by config.model_type) and its tokenizer.
+
+    Safetensors only unless `allow_pickle` (model.allow_pickle); never remote code.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
 
     where, local_only = _locate(name, base_dir)
     field = "model.train.text_encoder.pretrained"
+    if local_only and Path(where).is_dir():
+        check_model_folder(Path(where), field, allow_pickle)
+    options = {"local_files_only": local_only, "trust_remote_code": False}
     try:
-        model_type = AutoConfig.from_pretrained(where, local_files_only=local_only).model_type
-        if model_type in CLIP_TYPES:
-            model, kind = CLIPTextModel.from_pretrained(where, local_files_only=local_only), "pretrained CLIP"
-        else:
-            model, kind = AutoModel.from_pretrained(where, local_files_only=local_only), "pretrained BERT-family"
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+        model_type = AutoConfig.from_pretrained(where, **options).model_type
+        model_class = CLIPTextModel if model_type in CLIP_TYPES else AutoModel
+        model = model_class.from_pretrained(where, **options, **safe_kwargs(allow_pickle))
+        kind = "pretrained CLIP" if model_type in CLIP_TYPES else "pretrained BERT-family"
+        tokenizer = AutoTokenizer.from_pretrained(where, **options)
     except (OSError, ValueError, KeyError) as error:
-        raise SynthgenError(f"{field}: cannot load text model '{name}': {first_line(error)}") from None
+        hint = f" (pickled weights need {RECIPE_OPT_IN})" if "safetensors" in str(error) and not allow_pickle else ""
+        raise SynthgenError(f"{field}: cannot load text model '{name}': {first_line(error)}{hint}") from None
     if not hasattr(model.config, "hidden_size"):
         raise SynthgenError(f"{field}: '{name}' ({model_type}) has no hidden_size; use a BERT-family or CLIP model")
     positions = int(getattr(model.config, "max_position_embeddings", max_length) or max_length)

@@ -24,7 +24,7 @@ from pydantic import (
 
 from synthgen.recipe.eval_schema import EvalConfig
 from synthgen.runtime import tidy_path
-from synthgen.sources.spec import SourceSpec
+from synthgen.sources.spec import SourceSpec, valid_regex
 
 CLASS_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -158,6 +158,12 @@ class ModelConfig(_Strict):
     revision: str | None = Field(None, min_length=1, description="Hub revision (with a hub id).")
     train: TrainingConfig | None = Field(None, description="Train an MSDM on this data instead.")
     lora: LoRAConfig | None = Field(None, description="LoRA-fine-tune the `pretrained` pipeline on this data.")
+    allow_pickle: bool = Field(
+        False,
+        description="Also load pickled weights (.bin, .pt, .ckpt) of `pretrained`, `train.vae` and "
+        "`train.text_encoder.pretrained`. Unpickling can run any code: only for files you trust. Default: "
+        "safetensors only; a folder with only pickled weights is refused. Remote code is never run.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelConfig:
@@ -283,6 +289,24 @@ class AuditConfig(_Strict):
     )
     action: Literal["flag", "drop"] = Field("flag", description="Keep flagged samples (flag) or replace them.")
     max_retries: NonNegativeInt = Field(3, description="With drop: new seeds tried per flagged sample.")
+    group_by: str = Field(
+        "auto",
+        min_length=1,
+        description="With threshold auto: images of one group (patient) are left out of each other's "
+        "leave-one-out search. auto: the column the training data's split reads (split.by), else a patient_id "
+        "column, else video sequences from file-name numbering; or a metadata column; or sequence.",
+    )
+    group_pattern: str | None = Field(
+        None,
+        min_length=1,
+        description="Regex on the file name giving the group where the group_by column is empty (its first "
+        "non-empty capture group); default: the split's name_pattern.",
+    )
+
+    @field_validator("group_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        return valid_regex(value)
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -6,22 +6,20 @@ Shared helpers live here so every reader decodes, skips and fingerprints the sam
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
+from synthgen.sources.decode import Unreadable, decode_image
 from synthgen.sources.spec import SourceSpec
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-_HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
 @dataclass
@@ -79,6 +77,8 @@ class Source:
             return None
         try:
             return decode_image(data)
+        except Unreadable as error:  # refused on purpose: empty, not a file, symlink loop, decompression bomb
+            self._skip(key, str(error))
         except FileNotFoundError:
             self._skip(key, "file not found")
         except UnidentifiedImageError:
@@ -116,18 +116,6 @@ def spread(total: int, count: int | None) -> list[int]:
     if count <= 1:
         return [0][:count]
     return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
-
-
-def decode_image(data: bytes | Path) -> Image.Image:
-    """Open, fully load (so truncated files fail here, not later) and convert to 8-bit RGB."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        img.load()
-        if img.mode in _HIGH_BIT_MODES:  # 16-bit / float scans: stretch to 8 bits instead of clipping
-            pixels = np.asarray(img, dtype=np.float32)
-            low, high = float(pixels.min()), float(pixels.max())
-            scaled = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
-            return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
-        return img.convert("RGB")
 
 
 def take(samples: Iterable[Sample | None], limit: int | None) -> Iterator[Sample]:

@@ -3,9 +3,9 @@
 Images of one patient or one video are near-copies of each other for a model, so a validation loss, a holdout
 metric or a membership test that has a patient on both sides measures memorisation, not generalisation. One
 implementation serves everyone who cuts data in two: training's validation split (`split_by`), `synthgen split`,
-and the audit's threshold calibration (`SequenceNeighbours`, which leaves a training image's own sequence out of
-its leave-one-out search). It lives with the readers so that training and the audit share it without importing
-each other.
+and the audit's threshold calibration, which leaves a training image's own group out of its leave-one-out
+search (`source_groups`: the split's column and name pattern; `SequenceNeighbours` for video sequences). It
+lives with the readers so that training and the audit share it without importing each other.
 
 Sequences are read from file names: keys that differ only in their last number (seq12_frame0895.jpg and
 seq12_frame0979.jpg) are one sequence when few share that stem. When a whole data set is numbered that way
@@ -297,3 +297,22 @@ def check_split_column(source: object, column: str, field: str) -> str:
     empty = sum(1 for value in values if not value)
     line = f"{field}: {len({v for v in values if v}):,} groups by {column}"
     return line + (f"; {empty:,} images without a value, each its own group" if empty else "")
+
+
+def source_groups(source: object, by: str, name_pattern: str | None = None) -> tuple[dict[str, str], int]:
+    """Key -> group of every image of a source by column `by` (+ `name_pattern`), as its split groups them, and
+    how many images had no value (each its own group).
+
+    An imagefolder's metadata rows are read without decoding an image; other readers are read once for the column.
+    """
+    rows, root, spec = (getattr(source, name, None) for name in ("rows", "root", "spec"))
+    if rows is not None and root is not None:
+        rows = rows[: getattr(spec, "limit", None)]
+        key_column = getattr(spec, "key_column", None)
+        keys = [row.get(key_column, "") if key_column else row.get("file_name", "") for row in rows]
+        groups, ungrouped = row_groups(Path(root), rows, by, name_pattern)
+    else:
+        pairs = [(sample.key, sample.metadata.get(by)) for sample in source]  # type: ignore[attr-defined]
+        keys = [key for key, _ in pairs]
+        groups, ungrouped = column_groups((value for _, value in pairs), keys, name_pattern)
+    return dict(zip(keys, groups, strict=True)), ungrouped

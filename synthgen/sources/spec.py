@@ -10,6 +10,16 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 SourceType = Literal["imagefolder", "parquet", "webdataset", "synthgen", "demo"]
 
 
+def valid_regex(value: str | None) -> str | None:
+    """A pydantic check: `value` compiles as a regular expression (None passes)."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
+    return value
+
+
 class SplitSpec(BaseModel):
     """One side of a patient- or sequence-disjoint split, chosen while reading (same sides as `synthgen split`).
 
@@ -33,12 +43,7 @@ class SplitSpec(BaseModel):
     @field_validator("name_pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
-        return value
+        return valid_regex(value)
 
 
 class SourceSpec(BaseModel):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from synthgen.errors import SynthgenError
+from synthgen.models.safe_weights import check_pipeline_folder, safe_kwargs
 from synthgen.plan import derive_seed
 from synthgen.recipe import LoRAConfig
 from synthgen.runtime import dtype_kwarg, first_line
@@ -82,15 +83,18 @@ class Adapters(torch.nn.Module):
 class LoRAModel:
     """A frozen SD/SDXL pipeline whose UNet carries trainable LoRA adapters (fp32 even over a half UNet)."""
 
-    def __init__(self, base: Path, config: LoRAConfig, device: Any, frozen_dtype: Any = None) -> None:
+    def __init__(
+        self, base: Path, config: LoRAConfig, device: Any, frozen_dtype: Any = None, allow_pickle: bool = False
+    ) -> None:
         from diffusers import DDPMScheduler, DiffusionPipeline
         from peft import LoraConfig
 
         self.kind = pipeline_class(base)
         self.config, self.device = config, device
         extra = {"safety_checker": None} if self.kind == "StableDiffusionPipeline" else {}
+        check_pipeline_folder(base, "model.pretrained", allow_pickle)
         self.pipeline = DiffusionPipeline.from_pretrained(
-            base, **dtype_kwarg(torch.float32), local_files_only=True, **extra
+            base, **dtype_kwarg(torch.float32), local_files_only=True, **extra, **safe_kwargs(allow_pickle)
         )
         self.pipeline.set_progress_bar_config(disable=True)
         self.unet, self.vae = self.pipeline.unet, self.pipeline.vae
@@ -234,12 +238,15 @@ class LoRAModel:
         )
 
 
-def merged_pipeline(base: Path, lora_dir: Path) -> Any:
+def merged_pipeline(base: Path, lora_dir: Path, allow_pickle: bool = False) -> Any:
     """The base pipeline with the saved LoRA fused into its UNet and peft removed: plain diffusers weights."""
     from diffusers import DiffusionPipeline
 
-    pipeline = DiffusionPipeline.from_pretrained(base, **dtype_kwarg(torch.float32), local_files_only=True)
-    pipeline.load_lora_weights(lora_dir)
+    check_pipeline_folder(base, "model.pretrained", allow_pickle)
+    pipeline = DiffusionPipeline.from_pretrained(
+        base, **dtype_kwarg(torch.float32), local_files_only=True, **safe_kwargs(allow_pickle)
+    )
+    pipeline.load_lora_weights(lora_dir, use_safetensors=True)  # synthgen wrote it: always safetensors
     pipeline.fuse_lora(components=["unet"])
     pipeline.unload_lora_weights()
     return pipeline

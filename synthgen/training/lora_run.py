@@ -45,6 +45,7 @@ class LoRARequest:
     recipe_sha256: str | None = None
     overwrite: bool = False
     device: str = "auto"
+    allow_pickle: bool = False  # model.allow_pickle: a base with pickled weights may load
 
 
 def refuse_privacy(loaded: LoadedRecipe) -> None:
@@ -108,7 +109,7 @@ def run_lora(request: LoRARequest, progress: Progress | None = None, notify: Not
     run.begin()
     settings = run.loop_settings(config)
     seed_everything(derive_seed(config.seed, "build", PHASE))
-    model = LoRAModel(base, config, run.device, frozen_dtype=settings.autocast_dtype)
+    model = LoRAModel(base, config, run.device, settings.autocast_dtype, request.allow_pickle)
     split_by = config.split_by if config.validation_split > 0 else None
     data, train, val = run.load_data(
         model.resolution, config.validation_split, config.seed, split_by, "model.lora.split_by"
@@ -119,7 +120,7 @@ def run_lora(request: LoRARequest, progress: Progress | None = None, notify: Not
     staging = run.staging()
     model.save_lora(staging / LORA_DIR)
     del model
-    merged_pipeline(base, staging / LORA_DIR).save_pretrained(staging, safe_serialization=True)
+    merged_pipeline(base, staging / LORA_DIR, request.allow_pickle).save_pretrained(staging, safe_serialization=True)
     _write_model_info(run, request, base_sha256, (data, train, val), result, staging)
     return run.install(staging, PHASE, result.steps)
 

@@ -16,6 +16,7 @@ from typing import Any
 from synthgen import __version__
 from synthgen.errors import SynthgenError
 from synthgen.models.msdm import PRESETS, assemble_pipeline, build_unet, build_vae
+from synthgen.models.safe_weights import check_model_folder, safe_kwargs
 from synthgen.models.text_encoders import count_parameters, make_text_encoder, tokenizer_corpus
 from synthgen.plan import derive_seed
 from synthgen.recipe import PrivacyConfig, TrainingConfig
@@ -47,6 +48,7 @@ class MSDMRequest:
     recipe_sha256: str | None = None
     overwrite: bool = False
     device: str = "auto"
+    allow_pickle: bool = False  # model.allow_pickle: a pickled pretrained VAE / text encoder may load
 
 
 def run_settings(request: MSDMRequest, data_fingerprint: str) -> dict[str, Any]:
@@ -120,7 +122,7 @@ class _MSDMTraining:
         config, device = self.config, self.run.device
         seed_everything(derive_seed(config.seed, "build", "vae"))
         if config.vae:
-            self.vae = _load_vae(config.vae, self.request.base_dir).to(device)
+            self.vae = _load_vae(config.vae, self.request.base_dir, self.request.allow_pickle).to(device)
             self.vae_source = f"pretrained ({config.vae}), frozen"
             self._use_channels(*_vae_channels(config, int(self.vae.config.in_channels)))
         else:
@@ -279,14 +281,15 @@ def _vae_channels(config: TrainingConfig, vae_channels: int) -> tuple[int, str]:
     return vae_channels, f"those of the pretrained VAE ({config.vae})"
 
 
-def _load_vae(name: str, base_dir: Path | None) -> Any:
+def _load_vae(name: str, base_dir: Path | None, allow_pickle: bool = False) -> Any:
     from diffusers import AutoencoderKL
 
     path = Path(name).expanduser()
     path = base_dir / path if base_dir is not None else path  # relative to the recipe; absolute stays itself
     sub = {"subfolder": "vae"} if (path / "vae" / "config.json").is_file() else {}
+    check_model_folder(path / sub.get("subfolder", ""), "model.train.vae", allow_pickle)
     try:
-        return AutoencoderKL.from_pretrained(path, local_files_only=True, **sub)
+        return AutoencoderKL.from_pretrained(path, local_files_only=True, **sub, **safe_kwargs(allow_pickle))
     except (OSError, ValueError) as error:
         raise SynthgenError(f"model.train.vae: cannot load an AutoencoderKL from {path}: {first_line(error)}") from None
 
@@ -304,6 +307,7 @@ def _text_encoder(request: MSDMRequest, preset: Any, train: Any, tokenizer_dir: 
         private=request.privacy is not None,
         base_dir=request.base_dir,
         tokenizer=saved,
+        allow_pickle=request.allow_pickle,
     )
     if saved is None and request.config.text_encoder.pretrained is None:
         text.tokenizer.save_pretrained(tokenizer_dir)

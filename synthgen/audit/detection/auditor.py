@@ -20,6 +20,7 @@ from synthgen.audit.detection.detector import (
     get_detector,
     parse_threshold,
 )
+from synthgen.audit.detection.grouping import AUTO, training_groups
 from synthgen.audit.index.embedders import Embedder
 from synthgen.audit.index.train_index import TrainIndex
 from synthgen.errors import SynthgenError
@@ -35,6 +36,7 @@ DEFAULT_DETECTOR = "copydetect"
 DEFAULT_THRESHOLD = "auto"
 DEFAULT_TARGET_FPR = 0.01
 DEFAULT_INDEX = "auto"
+DEFAULT_GROUP_BY = AUTO  # calibration's groups: the split's column, else patient_id, else sequences
 
 
 def skipped_note(skipped: list[Skipped]) -> str:
@@ -90,10 +92,13 @@ class Auditor:
         *,
         target_fpr: float = DEFAULT_TARGET_FPR,
         index: str = DEFAULT_INDEX,
+        group_by: str = DEFAULT_GROUP_BY,
+        group_pattern: str | None = None,
     ) -> Auditor:
         """Fit the detector on every readable training image (unreadable ones are recorded, not fatal).
 
-        `threshold="auto"` calibrates it on the training set itself (see calibrate.py).
+        `threshold="auto"` calibrates it on the training set itself (see calibrate.py), leaving each image's
+        group (`group_by` column + `group_pattern` on file names; grouping.py) out of its own search.
         """
         threshold = parse_threshold(threshold)
         use_cpu_threads(("faiss", "cv2"))  # the detector's models, FAISS and OpenCV share the CPUs synthgen may use
@@ -104,15 +109,25 @@ class Auditor:
             raise SynthgenError(f"no readable training images in {train.description}{skipped_note(skipped)}")
         calibration = None
         if threshold == "auto":
-            threshold, calibration = calibrate(detector, train, target_fpr=target_fpr, progress=progress)
+            grouping = training_groups(train, group_by, group_pattern)
+            threshold, calibration = calibrate(
+                detector, train, target_fpr=target_fpr, grouping=grouping, progress=progress
+            )
             train.skipped = list(skipped)  # calibration re-read part of the source; keep the full fit's list
         return cls(detector, float(threshold), train.description, train.fingerprint(), skipped, calibration)
 
     @classmethod
     def from_recipe(cls, train: Source, audit: AuditConfig, progress: Progress | None = None) -> Auditor:
-        """`from_source` with a recipe's `audit` settings (detector, threshold, target FPR, index)."""
+        """`from_source` with a recipe's `audit` settings (detector, threshold, target FPR, index, groups)."""
         return cls.from_source(
-            train, audit.embedder, audit.threshold, progress, target_fpr=audit.target_fpr, index=audit.index
+            train,
+            audit.embedder,
+            audit.threshold,
+            progress,
+            target_fpr=audit.target_fpr,
+            index=audit.index,
+            group_by=audit.group_by,
+            group_pattern=audit.group_pattern,
         )
 
     def check(self, samples: list[Sample]) -> list[Verdict]:

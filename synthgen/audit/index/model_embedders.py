@@ -1,11 +1,13 @@
 """Audit embedders backed by neural networks loaded from local weights (nothing is ever downloaded).
 
 Selected as `audit.embedder` / `--embedder` with a model location after a prefix:
-  sscd:/models/sscd_disc_mixup.torchscript.pt        SSCD copy-detection descriptors (TorchScript)
+  sscd:/models/sscd_disc_mixup.torchscript.pt?allow_pickle=true   SSCD descriptors (TorchScript: opt-in)
   dinov2:/models/dinov2-small (or a cached hub id)   transformers AutoModel + AutoImageProcessor
   timm:/models/vit-dir | timm:ARCH:/weights.pth | timm:ARCH | timm:hf-hub:org/name
   open_clip:/models/BiomedCLIP (open_clip_config.json + weights) | open_clip:ARCH:/checkpoint.pt
 Options follow a "?": `dinov2:/m?pooling=mean`, `sscd:/m.pt?resize=288`, `...?device=cpu&batch_size=16`.
+Weights load from safetensors only; pickled checkpoints and TorchScript files (SSCD) run code when loaded, so they
+need `?allow_pickle=true` (docs/security.md); remote code is never run.
 torch and the model library are imported only when such an embedder is created; a missing library or
 missing weights is a one-line SynthgenError naming the path. Outputs are L2-normalised, so the inner
 product is the cosine similarity.
@@ -23,6 +25,7 @@ from PIL import Image
 
 from synthgen.audit.index.embedders import Embedder, l2_normalise
 from synthgen.errors import SynthgenError
+from synthgen.models.safe_weights import check_model_folder, check_weight_file, parse_flag, safe_kwargs
 from synthgen.runtime import first_line, pick_device, use_cpu_threads
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -120,6 +123,21 @@ def hub_snapshot(repo_id: str, what: str) -> Path:
         ) from None
 
 
+def check_weights(prefix: str, location: Path | str, allow_pickle: bool | str, *, torchscript: bool = False) -> bool:
+    """Refuse pickled (or TorchScript) weights at `location` unless `?allow_pickle=true`; returns the opt-in.
+
+    A hub id (str) is not checked here: its loader is told to take safetensors only."""
+    allowed = parse_flag(allow_pickle, f"audit embedder '{prefix}'")
+    field, opt_in = f"audit embedder '{prefix}'", f"?allow_pickle=true after the {prefix}: path"
+    if isinstance(location, str):
+        return allowed
+    if location.is_dir():
+        check_model_folder(location, field, allowed, opt_in)
+    else:
+        check_weight_file(location, field, allowed, opt_in, torchscript=torchscript)
+    return allowed
+
+
 def load_failed(what: str, where: object, error: BaseException) -> SynthgenError:
     return SynthgenError(f"cannot load {what} from {where}: {type(error).__name__}: {first_line(error)[:300]}")
 
@@ -144,16 +162,21 @@ def pil_batch(images: list[Image.Image], size: int, *, crop: bool) -> Any:
 
 
 def sscd_embedder(
-    path: str, resize: str = "320", device: str | None = None, batch_size: int | str = 32
+    path: str,
+    resize: str = "320",
+    device: str | None = None,
+    batch_size: int | str = 32,
+    allow_pickle: bool | str = False,
 ) -> ModelEmbedder:
     """SSCD TorchScript descriptors; `resize`: "320" (square 320x320, SSCD's batch setting) or "288"
-    (short side 288 + centre crop)."""
+    (short side 288 + centre crop). TorchScript is a program: it needs `allow_pickle=true`."""
     torch = require("torch", "torch", "sscd")
     file = local_weights(path, "SSCD")
     if resize not in ("320", "288"):
         raise SynthgenError(f"audit embedder 'sscd': resize must be 320 or 288, got {resize!r}")
     if file.is_dir():
         raise SynthgenError(f"SSCD expects a TorchScript file (e.g. sscd_disc_mixup.torchscript.pt), got folder {file}")
+    check_weights("sscd", file, allow_pickle, torchscript=True)
     try:
         model = torch.jit.load(str(file), map_location="cpu").eval()
     except Exception as error:
@@ -175,7 +198,11 @@ def sscd_embedder(
 
 
 def dinov2_embedder(
-    path: str, pooling: str = "cls", device: str | None = None, batch_size: int | str = 32
+    path: str,
+    pooling: str = "cls",
+    device: str | None = None,
+    batch_size: int | str = 32,
+    allow_pickle: bool | str = False,
 ) -> ModelEmbedder:
     """A transformers vision backbone (DINOv2, RAD-DINO, ...) with its image processor, from a local folder
     or a hub id already in the Hugging Face cache; `pooling`: "cls" (class token) or "mean" (patch tokens)."""
@@ -183,9 +210,11 @@ def dinov2_embedder(
     if pooling not in ("cls", "mean"):
         raise SynthgenError(f"audit embedder 'dinov2': pooling must be cls or mean, got {pooling!r}")
     source: Path | str = local_weights(path, "DINOv2") if looks_like_path(path) or Path(path).exists() else path
+    allowed = check_weights("dinov2", source, allow_pickle)
+    options = {"local_files_only": True, "trust_remote_code": False}
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(str(source), local_files_only=True)
-        model = transformers.AutoModel.from_pretrained(str(source), local_files_only=True).eval()
+        processor = transformers.AutoImageProcessor.from_pretrained(str(source), **options)
+        model = transformers.AutoModel.from_pretrained(str(source), **options, **safe_kwargs(allowed)).eval()
     except Exception as error:
         raise load_failed("DINOv2 model (offline)", source, error) from None
     model.to(pick_device(device, _DEVICE_OPTION))
@@ -224,7 +253,9 @@ def split_location(path: str) -> tuple[str, str | None, str]:
     return "hub", None, path
 
 
-def timm_embedder(path: str, device: str | None = None, batch_size: int | str = 32) -> ModelEmbedder:
+def timm_embedder(
+    path: str, device: str | None = None, batch_size: int | str = 32, allow_pickle: bool | str = False
+) -> ModelEmbedder:
     """A timm model without its classifier (num_classes=0): a folder with config.json + weights,
     ARCH:/weights/file, or a timm name / hub repo whose weights are in the Hugging Face cache."""
     import torch
@@ -234,6 +265,7 @@ def timm_embedder(path: str, device: str | None = None, batch_size: int | str = 
     try:
         if form == "file":
             location = local_weights(where, "timm")
+            check_weights("timm", location, allow_pickle)
             overlay = {"file": str(location)}
             model = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0)
         else:
@@ -244,6 +276,7 @@ def timm_embedder(path: str, device: str | None = None, batch_size: int | str = 
                 location = hub_snapshot(repo, "timm model")
             if not (location / "config.json").is_file():
                 raise SynthgenError(f"timm folder {location} has no config.json (use timm:ARCH:/path/to/weights)")
+            check_weights("timm", location, allow_pickle)
             model = timm.create_model(f"local-dir:{location}", pretrained=True, num_classes=0)
     except SynthgenError:
         raise
@@ -266,7 +299,9 @@ def timm_embedder(path: str, device: str | None = None, batch_size: int | str = 
     )
 
 
-def open_clip_embedder(path: str, device: str | None = None, batch_size: int | str = 32) -> ModelEmbedder:
+def open_clip_embedder(
+    path: str, device: str | None = None, batch_size: int | str = 32, allow_pickle: bool | str = False
+) -> ModelEmbedder:
     """An open_clip image tower: a folder in hub layout (open_clip_config.json + weights, e.g. BiomedCLIP),
     ARCH:/checkpoint.pt, or a hub repo in the Hugging Face cache."""
     import torch
@@ -276,6 +311,7 @@ def open_clip_embedder(path: str, device: str | None = None, batch_size: int | s
     try:
         if form == "file":
             location = local_weights(where, "open_clip")
+            check_weights("open_clip", location, allow_pickle)
             model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(location))
         else:
             location = local_weights(where, "open_clip") if form == "local" else hub_snapshot(where, "open_clip model")
@@ -283,6 +319,7 @@ def open_clip_embedder(path: str, device: str | None = None, batch_size: int | s
                 raise SynthgenError(f"open_clip folder {location} has no open_clip_config.json")
             if not any(p.suffix in WEIGHT_SUFFIXES for p in location.iterdir()):
                 raise SynthgenError(f"open_clip weights not found in {location} (e.g. open_clip_model.safetensors)")
+            check_weights("open_clip", location, allow_pickle)
             model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{location}")
     except SynthgenError:
         raise

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from synthgen.errors import SynthgenError
+from synthgen.models.safe_weights import check_pipeline_folder, safe_kwargs
 from synthgen.runtime import Progress, pick_device, quiet_libraries, use_cpu_threads
 from synthgen.sources.base import Skipped, Source
 
@@ -45,6 +46,7 @@ class MIAConfig:
     batch_size: int = 8
     max_images: int | None = None  # per side (members, non-members)
     device: str = "auto"
+    allow_pickle: bool = False  # `synthgen audit --allow-pickle`: the model may load from pickled weights
 
 
 @dataclass
@@ -57,16 +59,20 @@ class ScoreSet:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def load_pipeline(model_dir: str | Path) -> Any:
-    """Load a diffusers pipeline folder that has the parts the attacks need, or raise a one-line error."""
+def load_pipeline(model_dir: str | Path, allow_pickle: bool = False) -> Any:
+    """Load a diffusers pipeline folder that has the parts the attacks need, or raise a one-line error.
+
+    Safetensors only unless `allow_pickle` (`synthgen audit --allow-pickle`): pickled weights can run code.
+    """
     model_dir = Path(model_dir)
     if not (model_dir / "model_index.json").is_file():
         raise SynthgenError(f"--model: {model_dir} is not a diffusers pipeline folder (no model_index.json)")
     from diffusers import DiffusionPipeline
 
+    check_pipeline_folder(model_dir, "--model", allow_pickle, opt_in="--allow-pickle")
     quiet_libraries()
     try:
-        pipeline = DiffusionPipeline.from_pretrained(model_dir)
+        pipeline = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **safe_kwargs(allow_pickle))
     except Exception as error:  # diffusers raises many types for broken folders
         raise SynthgenError(f"--model: cannot load {model_dir}: {type(error).__name__}: {error}") from None
     missing = [part for part in REQUIRED_PARTS if getattr(pipeline, part, None) is None]
@@ -290,7 +296,7 @@ def run_membership(
 ) -> tuple[dict[str, Any], ScoreSet, ScoreSet]:
     """Score training images (members) and holdout images (non-members) with both attacks; summary + scores."""
     model_dir = Path(model_dir)
-    scorer = DiffusionScorer(load_pipeline(model_dir), config)
+    scorer = DiffusionScorer(load_pipeline(model_dir, config.allow_pickle), config)
     members = score_source(scorer, train, "membership: training images", progress)
     nonmembers = score_source(scorer, holdout, "membership: holdout images", progress)
     info: dict[str, Any] = {
