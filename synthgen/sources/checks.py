@@ -46,13 +46,16 @@ def check_data(
     else:
         lines = [f"{field}: {images} in {source.description}; no labels ({_why_unlabelled(spec)})"]
     if classes is not None:
-        lines.append(class_counts(classes, counts, len(labels) - sum(counts.values())))
+        role = "training images" if field.startswith("model.") else f"{field} images"  # eval.test: not training
+        lines.append(class_counts(classes, counts, len(labels) - sum(counts.values()), role))
     lines.append(_decode_line(source, field, len(labels), deep))
     return lines
 
 
-def class_counts(classes: Mapping[str, Sequence[str]], counts: Counter[str], unlabelled: int = 0) -> str:
-    """The training images behind each recipe class, as one line; an error for a class the data lacks."""
+def class_counts(
+    classes: Mapping[str, Sequence[str]], counts: Counter[str], unlabelled: int = 0, role: str = "training images"
+) -> str:
+    """The `role` images behind each recipe class, as one line; an error for a class the data lacks."""
     if not counts:
         return "classes: not checked against the training data, which has no labels (the prompts alone steer them)"
     for name, wanted in classes.items():
@@ -68,8 +71,8 @@ def class_counts(classes: Mapping[str, Sequence[str]], counts: Counter[str], unl
                 else f"name the class after one, or add `labels: [{hint}]`"
             )
             raise SynthgenError(
-                f"{where}: no training image is labelled {label!r}; the data's labels are {_counts(counts, '({})')}; "
-                f"{fix}"
+                f"{where}: no {role.removesuffix('s')} is labelled {label!r}; "
+                f"the data's labels are {_counts(counts, '({})')}; {fix}"
             )
     parts = []
     for name, wanted in classes.items():
@@ -77,7 +80,7 @@ def class_counts(classes: Mapping[str, Sequence[str]], counts: Counter[str], unl
         parts.append(f"{name} {sum(counts[label] for label in wanted):,}{mapped}")
     used = {label for wanted in classes.values() for label in wanted}
     rest = Counter({label: n for label, n in counts.items() if label not in used})
-    line = "training images per class: " + ", ".join(parts)
+    line = f"{role} per class: " + ", ".join(parts)
     if rest:
         line += f"; labels no class generates: {_counts(rest)}"
     if unlabelled:
