@@ -1,6 +1,6 @@
 """Data readers: every source yields `Sample`s lazily and records what it had to skip.
 
-`open_source` picks the reader (imagefolder, parquet, webdataset, synthgen output, demo phantoms).
+`open_source` picks the reader (imagefolder, parquet, webdataset, DICOM, synthgen output, demo phantoms).
 """
 
 from synthgen.sources.base import Skipped, Source

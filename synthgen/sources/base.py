@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
 from synthgen.sources.decode import Unreadable, decode_image
-from synthgen.sources.spec import SourceSpec
+from synthgen.sources.spec import DICOM_ONLY, SourceSpec
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -166,6 +166,7 @@ def spec_settings(spec: SourceSpec, reader: str) -> dict[str, Any]:
     """The spec fields that change what a reader yields (not `path`: moved data keeps its identity)."""
     demo_only = {"path", "type", "classes", "per_class", "resolution", "seed"}
     unset = {"split"} if spec.split is None else set()  # added later: absent, it keeps earlier fingerprints
+    unset |= {name for name in DICOM_ONLY if name not in spec.model_fields_set}  # likewise
     return {"reader": reader, **spec.model_dump(exclude=demo_only | unset)}
 
 

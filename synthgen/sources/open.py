@@ -7,11 +7,12 @@ from pathlib import Path
 
 from synthgen.errors import SynthgenError
 from synthgen.runtime import tidy_path
-from synthgen.sources.base import ColumnError, Skipped, Source, existing_path
+from synthgen.sources.base import IMAGE_EXTENSIONS, ColumnError, Skipped, Source, existing_path
 from synthgen.sources.demo import DemoSource
+from synthgen.sources.dicom import DicomSource, is_dicom
 from synthgen.sources.imagefolder import METADATA_FILES, ImageFolderSource, list_images
 from synthgen.sources.parquet import ParquetSource, SynthgenSource
-from synthgen.sources.spec import SourceSpec, SourceType
+from synthgen.sources.spec import DICOM_ONLY, SourceSpec, SourceType
 from synthgen.sources.webdataset import WebDatasetSource
 
 READERS = {
@@ -19,7 +20,9 @@ READERS = {
     "parquet": ParquetSource,
     "webdataset": WebDatasetSource,
     "synthgen": SynthgenSource,
+    "dicom": DicomSource,
 }
+DICOM_PROBE = 50  # files looked at when telling a DICOM folder from an image folder
 
 
 def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = None) -> Source:
@@ -42,6 +45,9 @@ def open_source(spec: SourceSpec | str | os.PathLike, base_dir: Path | None = No
     kind = spec.type or detect_type(path)
     if spec.split is not None and kind != "imagefolder":
         raise SynthgenError(f"split: only imagefolder sources can be split while reading ({path} is {kind})")
+    for name in DICOM_ONLY:
+        if kind != "dicom" and name in spec.model_fields_set:
+            raise SynthgenError(f"{name}: only dicom sources have it ({path} is {kind})")
     return READERS[kind](spec, path)
 
 
@@ -75,8 +81,12 @@ def detect_type(path: Path) -> SourceType:
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".tar"):
             return "parquet" if suffix == ".parquet" else "webdataset"
+        if is_dicom(path):
+            return "dicom"
     elif (path / "manifest.json").is_file():
         return "synthgen"
+    elif _dicom_folder(path):
+        return "dicom"
     elif any((path / name).is_file() for name in METADATA_FILES):
         return "imagefolder"
     elif _contains(path, "*.parquet"):
@@ -86,6 +96,23 @@ def detect_type(path: Path) -> SourceType:
     elif list_images(path):
         return "imagefolder"
     raise SynthgenError(f"cannot tell what kind of data {path} is; set `type`")
+
+
+def _dicom_folder(folder: Path) -> bool:
+    """DICOM files and no image files among the first `DICOM_PROBE` files below `folder` (found by content)."""
+    seen = dicom = 0
+    for path in folder.rglob("*"):
+        if seen >= DICOM_PROBE:
+            break
+        if path.name in METADATA_FILES or any(p.startswith(".") for p in path.relative_to(folder).parts):
+            continue
+        if not path.is_file():
+            continue
+        seen += 1
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            return False
+        dicom += is_dicom(path)
+    return dicom > 0
 
 
 def _contains(folder: Path, pattern: str) -> bool:

@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-SourceType = Literal["imagefolder", "parquet", "webdataset", "synthgen", "demo"]
+SourceType = Literal["imagefolder", "parquet", "webdataset", "synthgen", "demo", "dicom"]
+DICOM_ONLY = ("window", "label_tag", "mask_bands")  # SourceSpec fields only the dicom reader reads
 
 
 def valid_regex(value: str | None) -> str | None:
@@ -46,6 +47,15 @@ class SplitSpec(BaseModel):
         return valid_regex(value)
 
 
+class WindowSpec(BaseModel):
+    """A VOI window in modality units (after rescale slope/intercept): Hounsfield units for CT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    center: float = Field(description="Window centre (level), e.g. 40 for a CT soft-tissue window.")
+    width: float = Field(gt=0, description="Window width, e.g. 400; values outside centre +- width/2 clip.")
+
+
 class SourceSpec(BaseModel):
     """A data source. `type` is detected from `path` when omitted; column names apply to Parquet."""
 
@@ -60,6 +70,23 @@ class SourceSpec(BaseModel):
     limit: PositiveInt | None = Field(None, description="Read at most this many images.")
     split: SplitSpec | None = Field(
         None, description="imagefolder: read one side of a split by patient or sequence (as `synthgen split`)."
+    )
+    # Only for DICOM folders (docs/dicom.md).
+    window: WindowSpec | None = Field(
+        None, description="dicom: VOI window of every image, instead of the files' own (default: theirs, else min..max)"
+    )
+    label_tag: str | None = Field(
+        None,
+        min_length=1,
+        description="dicom: header attribute that gives the label (keyword like BodyPartExamined, or a tag like "
+        "0018,0015); patient-identifying attributes are refused.",
+    )
+    mask_bands: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="dicom: black out this share of rows at the top and at the bottom of every image (burnt-in "
+        "text), e.g. 0.08.",
     )
     # Only for the built-in demo phantoms.
     classes: list[str] | None = Field(None, description="demo: phantom classes to draw.")
