@@ -12,6 +12,13 @@ order is dropped (so a video cut in two does not straddle the split) and the res
 whole: its running numbers are not in video order (frames 1140 and 1346 show the same polyp from the same
 spot). Positives are edited copies of training images, one list per edit kind; negatives are untouched
 novel images.
+
+Region crops (`lesion*`, `region*`): a third party keeps only part of a frame (10-30% of its area) and
+enlarges it to 256x256. The data has no polyp masks, so `lesion_centre` stands in for the lesion: the spot
+whose colour and brightness differ most from their surroundings (polyps are pale or red domes that catch
+the light), scope borders, overlay boxes and specular highlights left out. By eye it lands on the polyp in
+about half of the frames, on another fold or lesion-like spot in the rest. `region*` crops sit at random
+places on the scope's content.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from scipy.ndimage import binary_erosion, gaussian_filter
 
 GAP = 0.1  # fraction of each centre's ordered items dropped between its train and novel parts
 NOVEL_ONLY = frozenset({"C2"})  # centres whose numbering does not follow the videos: all novel
@@ -131,6 +139,85 @@ def _chain(*edits: Edit) -> Edit:
     return apply
 
 
+# --- region crops ------------------------------------------------------------------------------------------
+
+REGION_SIDE = 256  # region crops are enlarged to this square size
+_SALIENCY_SIDE = 64
+
+
+def _lab(image: Image.Image) -> np.ndarray:
+    """(side, side, 3) float32 CIELAB at the saliency size (PIL stores a and b as signed bytes)."""
+    raw = np.asarray(image.convert("RGB").resize((_SALIENCY_SIDE,) * 2, Image.Resampling.BOX).convert("LAB"))
+    return np.dstack([raw[..., :1], raw[..., 1:].view(np.int8)]).astype(np.float32)
+
+
+def _mucosa(lab: np.ndarray) -> np.ndarray:
+    """Scope content: not the black border, not the green or blue overlay boxes."""
+    return (lab[..., 0] > 30) & (lab[..., 1] > -8) & (lab[..., 2] > -8)
+
+
+def _masked_blur(values: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
+    blurred = gaussian_filter(values * weight[..., None], (sigma, sigma, 0))
+    return blurred / np.maximum(gaussian_filter(weight, sigma), 1e-6)[..., None]
+
+
+def lesion_centre(image: Image.Image, area: float) -> tuple[float, float]:
+    """(x, y) in [0, 1]: the centre of the crop of `area` whose colour stands out most from its surroundings."""
+    lab = _lab(image)
+    content = _mucosa(lab)
+    usable = (content & (lab[..., 0] < 235)).astype(np.float32)  # highlights carry no lesion colour
+    crop = np.sqrt(area) * _SALIENCY_SIDE
+    diff = _masked_blur(lab, usable, crop / 6) - _masked_blur(lab, usable, crop / 1.5)
+    contrast = np.sqrt(((diff * [0.5, 1.0, 1.0]) ** 2).sum(axis=2)) + np.maximum(diff[..., 0], 0)
+    inside = binary_erosion(content, iterations=max(1, int(crop / 4)))
+    if inside.any():
+        contrast[~inside] = -1.0
+    y, x = np.unravel_index(int(np.argmax(contrast)), contrast.shape)
+    return (x + 0.5) / _SALIENCY_SIDE, (y + 0.5) / _SALIENCY_SIDE
+
+
+def random_centre(image: Image.Image, rng: np.random.Generator) -> tuple[float, float]:
+    """(x, y) in [0, 1] of a random point of the scope's content."""
+    ys, xs = np.nonzero(_mucosa(_lab(image)))
+    if not len(xs):
+        return float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
+    i = int(rng.integers(len(xs)))
+    return (xs[i] + rng.uniform(0, 1)) / _SALIENCY_SIDE, (ys[i] + rng.uniform(0, 1)) / _SALIENCY_SIDE
+
+
+def region_crop(image: Image.Image, area: float, centre: tuple[float, float]) -> Image.Image:
+    """The square of `area` (fraction of the frame) around `centre`, shifted inside, enlarged to REGION_SIDE."""
+    side = np.sqrt(area * image.width * image.height)
+    x = min(max(centre[0] * image.width - side / 2, 0), image.width - side)
+    y = min(max(centre[1] * image.height - side / 2, 0), image.height - side)
+    box = (x, y, x + side, y + side)
+    return image.resize((REGION_SIDE, REGION_SIDE), Image.Resampling.BICUBIC, box=box)
+
+
+def _lesion(area: float) -> Edit:
+    return lambda image, rng: region_crop(image, area, lesion_centre(image, area))
+
+
+def _region(area: float) -> Edit:
+    return lambda image, rng: region_crop(image, area, random_centre(image, rng))
+
+
+def _flip(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return image.transpose(Image.FLIP_LEFT_RIGHT if rng.uniform() < 0.5 else Image.FLIP_TOP_BOTTOM)
+
+
+def region_edits(areas: tuple[int, ...] = (30, 20, 10)) -> dict[str, Edit]:
+    """Lesion and random-place crops of `areas` (% of the frame), each also flipped and JPEG-compressed."""
+    edits: dict[str, Edit] = {}
+    for kind, crop in (("lesion", _lesion), ("region", _region)):
+        for area in areas:
+            edits[f"{kind}{area}"] = crop(area / 100)
+            edits[f"{kind}{area}+flip+jpeg"] = _chain(crop(area / 100), _flip, _jpeg)
+    edits["lesion20+rot+jitter+noise"] = _chain(_lesion(0.2), _rotate, _jitter, _noise)
+    edits["lesion20+blur+jpeg"] = _chain(_lesion(0.2), _blur, _jpeg)
+    return edits
+
+
 EDITS: dict[str, Edit] = {
     "resize": _resize,
     "crop75": _crop75,
@@ -145,6 +232,7 @@ EDITS: dict[str, Edit] = {
     "rot+jitter+noise": _chain(_rotate, _jitter, _noise),
     "resize+blur+jpeg": _chain(_resize, _blur, _jpeg),
 }
+REGION_EDITS: dict[str, Edit] = region_edits()
 
 
 def stamp_overlay(image: Image.Image) -> Image.Image:

@@ -249,3 +249,23 @@ def test_real_colonoscopy_copies_at_the_default_threshold(real_data_dir: Path) -
     false_positive_rate = np.mean([v.flagged for v in novel])
     traced = np.mean([v.nearest_train_key == source for v, (source, _) in zip(copies, positives, strict=True)])
     assert recall >= 0.95 and false_positive_rate <= 0.02 and traced >= 0.9, (recall, false_positive_rate, traced)
+
+
+@pytest.mark.real_data
+def test_real_colonoscopy_region_crops_at_the_default_threshold(real_data_dir: Path) -> None:
+    """Crops of 10-30% of a frame (around the most lesion-like spot, or at random), enlarged to 256 px."""
+    copyset = _copyset_module()
+    kinds = ("lesion10", "lesion20+flip+jpeg", "region10", "region30+flip+jpeg")
+    edits = {kind: copyset.REGION_EDITS[kind] for kind in kinds}
+    data = copyset.build_copyset(
+        real_data_dir / "colonoscopy-real", n_train=120, n_edit=4, n_novel=80, seed=2, edits=edits
+    )
+    detector = CopyDetector()
+    detector.fit(MemorySource(data.train, "train"))
+    positives = [(source, image) for items in data.positives.values() for source, image in items]
+    copies = detector.match([image for _, image in positives])
+    novel = detector.match([image for _, image in data.negatives])
+    recall = np.mean([score >= CopyDetector.default_threshold for score, _ in copies])
+    traced = np.mean([key == source for (score, key), (source, _) in zip(copies, positives, strict=True)])
+    false_positives = sum(score >= CopyDetector.default_threshold for score, _ in novel)
+    assert recall >= 0.85 and traced >= 0.85 and false_positives <= 1, (recall, traced, false_positives)

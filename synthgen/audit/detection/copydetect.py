@@ -16,6 +16,9 @@ the similarity is the larger of
   near-exact copies of texture-less images (no keypoints): r = 0.975 gives 0.5. Unrelated real frames
   stay below r = 0.93; resized, re-encoded, noised or blurred copies above 0.98.
 
+Region-level copies (a crop of down to ~10% of a frame, enlarged) are found through tiles of each training
+frame described at 256 px and verified against its fine keypoints (regions.py); same score.
+
 So 0.5 is the default fixed threshold; `threshold: auto` calibrates it on the training set (calibrate.py).
 Measured on real colonoscopy frames (docs/audit.md): unrelated frames of the same scopes scored at most
 0.35 (0.45 with one text box stamped on every image); every copy under a single edit of the bench scored
@@ -36,9 +39,11 @@ from synthgen.audit.detection.local_features import (
     FeatureExtractor,
     Features,
     Vocabulary,
+    spread,
     verify,
     working_gray,
 )
+from synthgen.audit.detection.regions import FINE_SIDE, RegionIndex, tile_boxes
 from synthgen.audit.index.embedders import l2_normalise
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex, batched, source_total
 from synthgen.runtime import Progress
@@ -113,6 +118,7 @@ class CopyDetector:
         words: int = 64,
         reference_images: int = 300,
         common_fraction: float = 0.02,
+        regions: bool = True,
     ) -> None:
         self.top_k = top_k
         self.pixel_top_k = pixel_top_k
@@ -129,6 +135,7 @@ class CopyDetector:
         self.index = TrainIndex(self.embedder.dim)
         self._codes: TrainIndex | None = None
         self._row: dict[str, int] = {}
+        self.regions = RegionIndex() if regions else None
 
     @property
     def n_train(self) -> int:
@@ -138,9 +145,12 @@ class CopyDetector:
         """Extract local features and pixel embeddings of every readable training image, then index them."""
         total = source_total(source)
         pixels = []
+        fine: list[Features] = []
         for batch in batched(source, BATCH_SIZE):
             images = [sample.image for sample in batch]
             self.features.extend(self._extract(working_gray(image)) for image in images)
+            if self.regions is not None:
+                fine.extend(self.regions.extract(image) for image in images)
             self.keys.extend(sample.key for sample in batch)
             pixels.append(self.embedder.pixels(images))
             if progress:
@@ -153,14 +163,16 @@ class CopyDetector:
         if len(raw) >= MIN_IMAGES_FOR_MEAN:
             self.embedder = ResidualPixelEmbedder(raw.mean(axis=0, dtype=np.float64))
         self.index = TrainIndex.build(self.embedder.from_pixels(raw), self.keys)
-        reference = [self.features[i] for i in _spread(len(self.features), self.reference_images)]
+        reference = [self.features[i] for i in spread(len(self.features), self.reference_images)]
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         self.common = CommonStructure.learn(reference, min_images=min_images)
         self.features = [f.subset(~self.common.mask(f)) for f in self.features]
-        sample = [self.features[i].floats() for i in _spread(len(self.features), 500)]
+        sample = [self.features[i].floats() for i in spread(len(self.features), 500)]
         self.vocabulary = Vocabulary.train(np.concatenate(sample), self.words)
         codes = np.stack([self.vocabulary.encode(f) for f in self.features])
         self._codes = TrainIndex.build(codes, self.keys)
+        if self.regions is not None:
+            self.regions.fit(fine)
 
     def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]:
         """(similarity, nearest training key) per image; `exclude[i]`: training keys image i may not match."""
@@ -173,22 +185,36 @@ class CopyDetector:
         grays = [working_gray(image) for image in images]
         queries = [self._content(self._extract(gray)) for gray in grays]
         mirrors = [self._extract(np.ascontiguousarray(gray[:, ::-1])) for gray in grays]
-        extra = max(len(e) for e in exclude)
-        codes = np.stack([self.vocabulary.encode(f) for f in queries + mirrors])
-        _, hits = self._codes.search(codes, self.top_k + extra)
+        frames = self._frame_candidates(queries + mirrors, exclude + exclude)
+        regions = self._region_candidates(queries + mirrors, exclude + exclude)
         results = []
         for i, (query, mirror) in enumerate(zip(queries, mirrors, strict=True)):
-            skip = exclude[i]
-            direct = [key for key in hits[i] if key not in skip][: self.top_k]
-            mirrored = [key for key in hits[len(images) + i] if key not in skip][: self.top_k]
             best = max(pixel[i].items(), key=lambda item: item[1], default=(self.keys[0], 0.0))
             best = (best[1], best[0])
-            for features, keys in ((query, direct + list(pixel[i])), (mirror, mirrored + list(pixel[i]))):
-                for key in dict.fromkeys(keys):
+            for features, j in ((query, i), (mirror, len(images) + i)):
+                for key in dict.fromkeys(frames[j] + list(pixel[i])):
                     matches = verify(features, self.features[self._row[key]])
                     best = max(best, (geometric_score(matches), key), key=lambda item: item[0])
+                for row in regions[j]:
+                    matches = self.regions.verify(features, row) if self.regions else 0
+                    best = max(best, (geometric_score(matches), self.keys[row]), key=lambda item: item[0])
             results.append((best[0], best[1]))
         return results
+
+    def _frame_candidates(self, features: list[Features], exclude: list[set[str]]) -> list[list[str]]:
+        """Per query: the `top_k` training keys whose frame VLAD code is nearest, `exclude[i]` left out."""
+        assert self._codes is not None
+        codes = np.stack([self.vocabulary.encode(f) for f in features])
+        _, hits = self._codes.search(codes, self.top_k + max(len(e) for e in exclude))
+        pairs = zip(hits, exclude, strict=True)
+        return [[key for key in keys if key not in skip][: self.top_k] for keys, skip in pairs]
+
+    def _region_candidates(self, features: list[Features], exclude: list[set[str]]) -> list[list[int]]:
+        """Per query: training rows one of whose tiles is near its tile-vocabulary code (none without regions)."""
+        if self.regions is None:
+            return [[] for _ in features]
+        rows = [{self._row[key] for key in skip if key in self._row} for skip in exclude]
+        return self.regions.search(self.regions.encode(features), rows)
 
     def info(self) -> dict[str, Any]:
         """Settings and training-set facts for summary.json."""
@@ -200,6 +226,21 @@ class CopyDetector:
             "vocabulary_words": len(self.vocabulary.centroids),
             "mean_keypoints": round(float(np.mean([len(f) for f in self.features])), 1) if self.features else 0.0,
             "common_structure_keypoints": len(self.common),
+            **(self._region_info() if self.regions is not None else {"regions": False}),
+        }
+
+    def _region_info(self) -> dict[str, Any]:
+        regions = self.regions
+        assert regions is not None
+        fine = regions.features
+        return {
+            "regions": True,
+            "fine_side": FINE_SIDE,
+            "region_tiles": len(tile_boxes()),
+            "region_top_k": regions.top_k,
+            "region_vocabulary_words": len(regions.vocabulary.centroids),
+            "fine_mean_keypoints": round(float(np.mean([len(f) for f in fine])), 1) if fine else 0.0,
+            "fine_common_structure_keypoints": len(regions.common),
         }
 
     def _content(self, features: Features) -> Features:
@@ -218,10 +259,3 @@ class CopyDetector:
             for similarity, key in kept:
                 found[i][key] = max(found[i].get(key, 0.0), pixel_score(float(similarity)))
         return found
-
-
-def _spread(n: int, at_most: int) -> list[int]:
-    """Up to `at_most` indices spread evenly over range(n) (a deterministic sample)."""
-    if n <= at_most:
-        return list(range(n))
-    return [int(i) for i in np.linspace(0, n - 1, at_most).round().astype(int)]

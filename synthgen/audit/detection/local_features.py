@@ -34,6 +34,7 @@ _MATCHER = cv2.BFMatcher(cv2.NORM_L2)
 # turns). Unrelated images of round scenes (lumen, scope edge) otherwise match under any rotation.
 ROTATION_STEP = 90.0
 MAX_ROTATION = 30.0
+MAX_SCALE = 3.5  # verify() accepts transforms that shrink or grow by at most this much (by default)
 
 
 @dataclass
@@ -65,6 +66,13 @@ def working_gray(image: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
     return np.asarray(gray.resize(size, resample))
 
 
+def spread(n: int, at_most: int) -> list[int]:
+    """Up to `at_most` indices spread evenly over range(n) (a deterministic sample)."""
+    if n <= at_most:
+        return list(range(n))
+    return [int(i) for i in np.linspace(0, n - 1, at_most).round().astype(int)]
+
+
 class FeatureExtractor:
     """SIFT (RootSIFT descriptors) at the working size; at most `max_keypoints` per image."""
 
@@ -81,12 +89,19 @@ class FeatureExtractor:
         return Features(points, quantised)
 
 
-def verify(query: Features, train: Features, *, ratio: float = 0.8, tolerance: float = 2.0) -> int:
+def verify(
+    query: Features,
+    train: Features,
+    *,
+    ratio: float = 0.8,
+    tolerance: float = 2.0,
+    scales: tuple[float, float] = (1 / MAX_SCALE, MAX_SCALE),
+) -> int:
     """Matches of `query` that one similarity transform maps onto `train` within `tolerance` px (0 if none).
 
-    Each training keypoint counts once (its best match), and transforms that shrink or grow by more than
-    3.5x are rejected (RANSAC otherwise "explains" many matches by collapsing them onto one point), as are
-    rotations more than MAX_ROTATION from a quarter turn.
+    Each training keypoint counts once (its best match), and transforms whose scale (query to training
+    pixels) lies outside `scales` are rejected (RANSAC otherwise "explains" many matches by collapsing them
+    onto one point), as are rotations more than MAX_ROTATION from a quarter turn.
     """
     if len(query) < 3 or len(train) < 3:
         return 0
@@ -111,7 +126,7 @@ def verify(query: Features, train: Features, *, ratio: float = 0.8, tolerance: f
     if transform is None or inliers is None:
         return 0
     scale = math.sqrt(abs(float(np.linalg.det(transform[:, :2]))))
-    if not 1 / 3.5 <= scale <= 3.5:
+    if not scales[0] <= scale <= scales[1]:
         return 0
     angle = math.degrees(math.atan2(float(transform[1, 0]), float(transform[0, 0])))
     off = abs((angle + ROTATION_STEP / 2) % ROTATION_STEP - ROTATION_STEP / 2)
@@ -119,30 +134,44 @@ def verify(query: Features, train: Features, *, ratio: float = 0.8, tolerance: f
 
 
 class Vocabulary:
-    """VLAD (Jegou et al. 2010) over RootSIFT: a global code whose inner product ranks retrieval candidates."""
+    """VLAD (Jegou et al. 2010) over RootSIFT: a global code whose inner product ranks retrieval candidates.
 
-    def __init__(self, centroids: np.ndarray) -> None:
+    With `projection` (mean, 128 x d matrix) descriptors are first reduced by PCA to d dimensions, which
+    allows more words for the same code size (the region index: 128 words of 32 dimensions).
+    """
+
+    def __init__(self, centroids: np.ndarray, projection: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.projection = projection
         self.dim = self.centroids.size
 
     @classmethod
-    def train(cls, descriptors: np.ndarray, words: int = 64, seed: int = 0) -> Vocabulary:
-        """k-means on (a sample of) training descriptors; fewer words when there are few descriptors."""
+    def train(cls, descriptors: np.ndarray, words: int = 64, seed: int = 0, dims: int | None = None) -> Vocabulary:
+        """k-means on (a sample of) training descriptors (PCA-reduced to `dims` if given); fewer words when
+        there are few descriptors."""
         import faiss
 
         data = np.ascontiguousarray(descriptors, dtype=np.float32).reshape(-1, 128)
+        projection = None
+        if dims is not None and dims < 128 and len(data) > dims:
+            mean = data.mean(axis=0)
+            values, vectors = np.linalg.eigh(np.cov((data - mean).T))
+            projection = (mean.astype(np.float32), np.ascontiguousarray(vectors[:, ::-1][:, :dims], np.float32))
+            data = np.ascontiguousarray((data - projection[0]) @ projection[1])
         words = min(words, len(data) // 39)  # faiss wants >= 39 points per centroid
         if words <= 1:
             return cls(data.mean(axis=0, keepdims=True) if len(data) else np.zeros((1, 128), np.float32))
         kmeans = faiss.Kmeans(data.shape[1], words, niter=20, seed=seed, max_points_per_centroid=1000)
         kmeans.train(data)
-        return cls(kmeans.centroids)
+        return cls(kmeans.centroids, projection)
 
     def encode(self, features: Features) -> np.ndarray:
         """Residual sums per word, each L2-normalised, square-rooted and unit-normed as a whole."""
         code = np.zeros_like(self.centroids)
         if len(features):
             descriptors = features.floats()
+            if self.projection is not None:
+                descriptors = np.ascontiguousarray((descriptors - self.projection[0]) @ self.projection[1])
             words = np.array([m.trainIdx for m in _MATCHER.match(descriptors, self.centroids)])
             np.add.at(code, words, descriptors - self.centroids[words])
         code /= np.maximum(np.linalg.norm(code, axis=1, keepdims=True), 1e-12)
@@ -204,12 +233,14 @@ class CommonStructure:
 
     def mask(self, features: Features) -> np.ndarray:
         """True for the keypoints of `features` that are common structure."""
+        found = np.zeros(len(features), dtype=bool)
         if not len(self) or not len(features):
-            return np.zeros(len(features), dtype=bool)
-        close = _close(
+            return found
+        a, _ = _close_pairs(
             features.points, features.floats(), self.points, self.descriptors, self.position_tolerance, self.distance
         )
-        return close.any(axis=1)
+        found[a] = True
+        return found
 
 
 def _thin(
@@ -234,6 +265,56 @@ def _thin(
 
 def _cells(points: np.ndarray, tolerance: float) -> np.ndarray:
     return np.floor(points / max(2 * tolerance, 1e-6)).astype(np.int64).reshape(-1, 2)
+
+
+def _close_pairs(
+    points_a: np.ndarray,
+    desc_a: np.ndarray,
+    points_b: np.ndarray,
+    desc_b: np.ndarray,
+    tolerance: float,
+    distance: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i in a, j in b) within `tolerance` px and `distance` in descriptor space.
+
+    A grid of `tolerance`-sized cells finds the position candidates (3 x 3 neighbouring cells), so the cost
+    grows with the pairs found, not with len(a) * len(b): masking a fine-scale image (~700 keypoints) against
+    thousands of common keypoints takes ~3 ms instead of ~80 ms.
+    """
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if not len(points_a) or not len(points_b):
+        return none
+    size = max(tolerance, 1e-6)
+    cells_a = np.floor(points_a / size).astype(np.int64)
+    cells_b = np.floor(points_b / size).astype(np.int64)
+    origin = np.minimum(cells_a.min(axis=0), cells_b.min(axis=0)) - 1
+    span = int(max(cells_a.max(), cells_b.max()) - origin.min()) + 3
+    key_b = (cells_b[:, 0] - origin[0]) * span + (cells_b[:, 1] - origin[1])
+    order = np.argsort(key_b, kind="stable")
+    sorted_keys = key_b[order]
+    found_a, found_b = [], []
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            key = (cells_a[:, 0] + dx - origin[0]) * span + (cells_a[:, 1] + dy - origin[1])
+            low = np.searchsorted(sorted_keys, key, "left")
+            counts = np.searchsorted(sorted_keys, key, "right") - low
+            total = int(counts.sum())
+            if not total:
+                continue
+            rows_a = np.repeat(np.arange(len(points_a)), counts)
+            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            found_a.append(rows_a)
+            found_b.append(order[np.repeat(low, counts) + offsets])
+    if not found_a:
+        return none
+    a, b = np.concatenate(found_a), np.concatenate(found_b)
+    near = ((points_a[a] - points_b[b]) ** 2).sum(axis=1) <= tolerance**2
+    a, b = a[near], b[near]
+    alike = np.zeros(len(a), dtype=bool)
+    for start in range(0, len(a), 65536):  # bounded temporaries: dense borders give millions of pairs
+        part = slice(start, start + 65536)
+        alike[part] = ((desc_a[a[part]] - desc_b[b[part]]) ** 2).sum(axis=1) <= distance**2
+    return a[alike], b[alike]
 
 
 def _close(

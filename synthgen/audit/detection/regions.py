@@ -1,0 +1,142 @@
+"""Region-level copies for the copy detector: a third party keeps only part of a training frame (down to ~10%
+of its area, e.g. the lesion) and enlarges it, by up to ~3.2x in width (10x in area) or more.
+
+Why the whole-frame path misses them: its keypoints are found at 128 px on both sides, so the structure a
+10% crop shows at 128 px is sub-pixel detail of the 128-px training frame, and the crop's global code looks
+like an unrelated frame's. So each training frame is also described at FINE_SIDE = 256 px (its stored
+resolution here), where a 10% crop's content spans ~80 px, and:
+
+- retrieval unit = a tile, not the frame: VLAD codes of the fine keypoints inside overlapping squares of
+  0.4 x 0.4 of the frame (stride 0.2: 16 tiles), so a crop competes with the part of a frame it came from.
+  The tile vocabulary has 128 words over RootSIFT reduced to 32 dimensions by PCA (4,096-d codes, stored as
+  int8 with one scale per tile: 4 KB); more words found the source of 10% crops more often than the frame
+  vocabulary did (at the same code size), PCA of whole codes much less often;
+- verification against the fine keypoints, with scales from 0.2 (a query at 128 px mapping onto 26 px of the
+  256-px frame: a crop of 1% of its area) to 3.5, accepted only here: on the frame path such zooms let
+  RANSAC explain random matches.
+
+Memory per training frame: ~700 fine keypoints (136 bytes each) and up to 16 tile codes (4 KB each).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from synthgen.audit.detection.local_features import (
+    MAX_SCALE,
+    WORK_SIDE,
+    CommonStructure,
+    FeatureExtractor,
+    Features,
+    Vocabulary,
+    spread,
+    verify,
+    working_gray,
+)
+
+FINE_SIDE = 2 * WORK_SIDE
+TILE = 0.4  # tile side, as a fraction of the frame's side
+STRIDE = 0.2
+MIN_TILE_KEYPOINTS = 8  # fewer (black scope corners): no code for that tile
+FINE_SCALES = (0.2, MAX_SCALE)
+IMAGE_BLOCK = 2048  # training frames whose tiles are scored at once (bounds the similarity buffer)
+
+
+def tile_boxes(tile: float = TILE, stride: float = STRIDE) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, x1, y1) of the overlapping tiles, as fractions of the frame; the last row/column ends at 1."""
+    starts = sorted({min(round(i * stride, 6), 1 - tile) for i in range(math.ceil((1 - tile) / stride) + 1)})
+    return [(x, y, x + tile, y + tile) for y in starts for x in starts]
+
+
+class RegionIndex:
+    """Fine-scale keypoints and tile codes of every training frame; `search` then `verify` a candidate."""
+
+    def __init__(
+        self,
+        *,
+        max_keypoints: int = 700,
+        words: int = 128,
+        dims: int = 32,
+        top_k: int = 12,
+        reference_images: int = 150,
+        common_fraction: float = 0.02,
+    ) -> None:
+        self.words = words
+        self.dims = dims
+        self.top_k = top_k
+        self.reference_images = reference_images
+        self.common_fraction = common_fraction
+        self._extract = FeatureExtractor(max_keypoints=max_keypoints)
+        self.features: list[Features] = []
+        tolerance = 1.5 * FINE_SIDE / WORK_SIDE
+        self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), tolerance, 0.5)
+        self.vocabulary = Vocabulary(np.zeros((1, dims), np.float32))
+        self.codes = np.zeros((0, self.vocabulary.dim), np.int8)
+        self.scales = np.zeros(0, np.float32)
+        self.owner = np.zeros(0, np.int64)  # training row of each tile code, ascending
+
+    def extract(self, image: Image.Image) -> Features:
+        return self._extract(working_gray(image, FINE_SIDE))
+
+    def fit(self, features: list[Features]) -> None:
+        """Learn the fine-scale common structure and the tile vocabulary, then code every frame's tiles."""
+        if not features:
+            return
+        reference = [features[i] for i in spread(len(features), self.reference_images)]
+        min_images = max(3, math.ceil(self.common_fraction * len(reference)))
+        tolerance = self.common.position_tolerance
+        self.common = CommonStructure.learn(reference, min_images=min_images, position_tolerance=tolerance)
+        self.features = [f.subset(~self.common.mask(f)) for f in features]
+        sample = np.concatenate([self.features[i].floats() for i in spread(len(self.features), 500)])
+        self.vocabulary = Vocabulary.train(sample, self.words, dims=self.dims)
+        codes, owner = [], []
+        boxes = np.array(tile_boxes(), np.float32) * FINE_SIDE
+        for row, fine in enumerate(self.features):
+            for x0, y0, x1, y1 in boxes:
+                x, y = fine.points[:, 0], fine.points[:, 1]
+                inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+                if inside.sum() >= MIN_TILE_KEYPOINTS:
+                    codes.append(self.vocabulary.encode(fine.subset(inside)))
+                    owner.append(row)
+        self.owner = np.array(owner, np.int64)
+        self.codes, self.scales = _quantise(np.stack(codes) if codes else np.zeros((0, self.vocabulary.dim)))
+
+    def encode(self, features: list[Features]) -> np.ndarray:
+        """(n, dim) tile-vocabulary codes of query keypoints (found at WORK_SIDE)."""
+        return np.stack([self.vocabulary.encode(f) for f in features])
+
+    def search(self, codes: np.ndarray, exclude: list[set[int]]) -> list[list[int]]:
+        """Per code: the `top_k` training rows whose best tile is most similar, rows in `exclude[i]` left out."""
+        n_train = len(self.features)
+        best = np.full((len(codes), n_train), -np.inf, np.float32)
+        if len(self.owner):
+            starts = np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])  # first tile of each frame
+            for begin in range(0, len(starts), IMAGE_BLOCK):
+                first = starts[begin]
+                last = starts[begin + IMAGE_BLOCK] if begin + IMAGE_BLOCK < len(starts) else len(self.owner)
+                tiles = self.codes[first:last].astype(np.float32) * self.scales[first:last, None]
+                sims = codes.astype(np.float32) @ tiles.T
+                frames = starts[begin : begin + IMAGE_BLOCK]
+                best[:, self.owner[frames]] = np.maximum.reduceat(sims, frames - first, axis=1)
+        found = []
+        for i, skip in enumerate(exclude):
+            if skip:
+                best[i, list(skip)] = -np.inf
+            k = min(self.top_k, n_train)
+            top = np.argpartition(-best[i], k - 1)[:k] if k else np.zeros(0, np.int64)
+            found.append([int(r) for r in top[np.argsort(-best[i, top])] if np.isfinite(best[i, r])])
+        return found
+
+    def verify(self, query: Features, row: int) -> int:
+        """Consistent matches of `query` (keypoints at WORK_SIDE) with the fine keypoints of training `row`."""
+        return verify(query, self.features[row], scales=FINE_SCALES)
+
+
+def _quantise(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and one float scale per code: code ~ int8 * scale (4x smaller than float32)."""
+    scales = np.maximum(np.abs(codes).max(axis=1), 1e-12) / 127.0 if len(codes) else np.zeros(0)
+    quantised = np.clip(np.rint(codes / scales[:, None]), -127, 127).astype(np.int8) if len(codes) else codes
+    return quantised.astype(np.int8), scales.astype(np.float32)
