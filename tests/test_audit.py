@@ -273,3 +273,37 @@ def test_real_colonoscopy_copies_flagged_and_corrupt_skipped(real_data_dir: Path
     assert summary["skipped"]["train"]["count"] == 0
     html = (tmp_path / "audit" / "report.html").read_text()
     assert "images/missing.jpg" in html and 'alt="training ' not in html
+
+
+@pytest.mark.parametrize("detector", ["pixel", "copydetect"])
+def test_each_candidate_is_embedded_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detector: str) -> None:
+    """The copy check and the privacy metrics share one embedding per candidate, with unchanged verdicts."""
+    from synthgen.audit import entry
+    from synthgen.audit.detection import copydetect
+    from synthgen.audit.index import embedders
+
+    keys = {f"c{i}": seed for i, seed in enumerate((3, 50, 51, 52, 7))}
+    reference = run_audit(train_source(), candidate_source(keys), tmp_path / "ref", embedder=detector, threshold=0.5)
+    upright = [blob_image(seed).convert("RGB").tobytes() for seed in keys.values()]
+    phase, embedded = [""], []
+
+    def candidates_phase(*args, **kwargs):  # entry.batched is what the candidate loop reads with
+        phase[0] = "candidates"
+        return original_batched(*args, **kwargs)
+
+    def counting(original):
+        def embed(self, images):
+            if phase[0] == "candidates":
+                embedded.extend(upright.index(im.tobytes()) for im in images if im.tobytes() in upright)
+            return original(self, images)
+
+        return embed
+
+    original_batched = entry.batched
+    monkeypatch.setattr(entry, "batched", candidates_phase)
+    for cls in (embedders.PixelEmbedder, copydetect.ResidualPixelEmbedder):
+        monkeypatch.setattr(cls, "embed", counting(cls.embed))
+    summary = run_audit(train_source(), candidate_source(keys), tmp_path / "once", embedder=detector, threshold=0.5)
+    assert sorted(embedded) == list(range(len(keys)))  # each candidate embedded once (its flips aside)
+    assert summary["n_flagged"] == reference["n_flagged"] and summary["similarity"] == reference["similarity"]
+    assert summary["metrics"] == reference["metrics"]

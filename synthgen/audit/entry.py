@@ -192,10 +192,11 @@ def _audit_candidates(
     log = AuditLog(auditor)
     total = source_total(candidates)
     for batch in batched(candidates, BATCH_SIZE):
-        if inputs is not None:
-            # Embedded here too (the Auditor keeps its embeddings to itself): the metrics need the global vectors.
-            inputs.add("synthetic", auditor.embedder.embed([s.image for s in batch]), [s.label for s in batch])
-        log.extend(batch, auditor.check(batch))
+        vectors = None
+        if inputs is not None:  # embedded once: the metrics keep the vectors the detector searches with
+            vectors = auditor.embed(batch)
+            inputs.add("synthetic", vectors, [s.label for s in batch])
+        log.extend(batch, auditor.check(batch, vectors))
         if progress:
             progress("auditing candidates", len(log.rows), total)
     if not log.rows:

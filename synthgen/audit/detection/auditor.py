@@ -130,14 +130,25 @@ class Auditor:
             group_pattern=audit.group_pattern,
         )
 
-    def check(self, samples: list[Sample]) -> list[Verdict]:
-        """Verdicts for a batch of candidates, in order."""
+    def check(self, samples: list[Sample], vectors: np.ndarray | None = None) -> list[Verdict]:
+        """Verdicts for a batch of candidates, in order; `vectors`: their `embed` (when the caller needs them too)."""
         verdicts = []
-        images = [s.image if s.image.mode == "RGB" else s.image.convert("RGB") for s in samples]  # grayscale sets too
-        for similarity, key in self.detector.match(images):
+        images = self.images(samples)
+        # A detector written by a caller may not take `vectors`: pass them only when there are some.
+        matched = self.detector.match(images) if vectors is None else self.detector.match(images, vectors=vectors)
+        for similarity, key in matched:
             value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
             verdicts.append(Verdict(value, key, value >= self.threshold))
         return verdicts
+
+    @staticmethod
+    def images(samples: list[Sample]) -> list:
+        """The candidates as the detector sees them: RGB (grayscale sets too)."""
+        return [s.image if s.image.mode == "RGB" else s.image.convert("RGB") for s in samples]
+
+    def embed(self, samples: list[Sample]) -> np.ndarray:
+        """The candidates' global embeddings: what `check(samples, vectors)` and the privacy metrics share."""
+        return self.detector.embedder.embed(self.images(samples))
 
     def sample_metadata(self, verdict: Verdict) -> dict[str, Any]:
         """The `audit_*` fields a generated sample carries (its provenance record and the shards' columns)."""

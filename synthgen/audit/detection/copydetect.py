@@ -174,14 +174,17 @@ class CopyDetector:
         if self.regions is not None:
             self.regions.fit(fine)
 
-    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]:
-        """(similarity, nearest training key) per image; `exclude[i]`: training keys image i may not match."""
+    def match(
+        self, images: list[Image.Image], exclude: list[set[str]] | None = None, vectors: np.ndarray | None = None
+    ) -> list[tuple[float, str]]:
+        """(similarity, nearest training key) per image; `exclude[i]`: training keys image i may not match;
+        `vectors`: the images' `embedder` embeddings when the caller has them (not computed again)."""
         if not images:
             return []
         if not self.keys or self._codes is None:
             raise RuntimeError("CopyDetector.match before fit (or fit on no images)")
         exclude = exclude or [set() for _ in images]
-        pixel = self._pixel_candidates(images, exclude)
+        pixel = self._pixel_candidates(images, exclude, vectors)
         grays = [working_gray(image) for image in images]
         queries = [self._content(self._extract(gray)) for gray in grays]
         mirrors = [self._extract(np.ascontiguousarray(gray[:, ::-1])) for gray in grays]
@@ -247,11 +250,15 @@ class CopyDetector:
         """A candidate's keypoints minus those on the training set's common structure (same place, same look)."""
         return features.subset(~self.common.mask(features)) if len(self.common) else features
 
-    def _pixel_candidates(self, images: list[Image.Image], exclude: list[set[str]]) -> list[dict[str, float]]:
+    def _pixel_candidates(
+        self, images: list[Image.Image], exclude: list[set[str]], vectors: np.ndarray | None = None
+    ) -> list[dict[str, float]]:
         """Per image: training key -> pixel score of the nearest pixel neighbours over the four flips."""
-        variants = [image if flip is None else image.transpose(flip) for flip in _FLIPS for image in images]
+        flipped = [image.transpose(flip) for flip in _FLIPS if flip is not None for image in images]
+        upright = self.embedder.embed(images) if vectors is None else np.asarray(vectors, np.float32)
         extra = max(len(e) for e in exclude)
-        similarities, keys = self.index.search(self.embedder.embed(variants), self.pixel_top_k + extra)
+        queries = np.concatenate([upright, self.embedder.embed(flipped)])  # flip-major, as _FLIPS lists them
+        similarities, keys = self.index.search(queries, self.pixel_top_k + extra)
         found: list[dict[str, float]] = [{} for _ in images]
         for row, (sims, names) in enumerate(zip(similarities, keys, strict=True)):
             i = row % len(images)

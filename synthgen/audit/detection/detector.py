@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image
 
 from synthgen.audit.detection.copydetect import CopyDetector
@@ -45,7 +46,9 @@ class Detector(Protocol):
 
     def fit(self, source: Source, progress: Progress | None = None) -> None: ...
 
-    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]: ...
+    def match(
+        self, images: list[Image.Image], exclude: list[set[str]] | None = None, vectors: np.ndarray | None = None
+    ) -> list[tuple[float, str]]: ...
 
     def info(self) -> dict[str, Any]: ...
 
@@ -80,11 +83,15 @@ class EmbeddingDetector:
         self.index = TrainIndex.from_source(source, self.embedder, progress=progress, kind=self.index_kind)
         self.skipped = list(source.skipped)
 
-    def match(self, images: list[Image.Image], exclude: list[set[str]] | None = None) -> list[tuple[float, str]]:
+    def match(
+        self, images: list[Image.Image], exclude: list[set[str]] | None = None, vectors: np.ndarray | None = None
+    ) -> list[tuple[float, str]]:
+        """`vectors`: the images' embeddings when the caller has them (embedded once for check and metrics)."""
         if not images:
             return []
         extra = max((len(e) for e in exclude), default=0) if exclude else 0
-        similarities, keys = self.index.search(self.embedder.embed(images), k=1 + extra)
+        queries = self.embedder.embed(images) if vectors is None else np.asarray(vectors, np.float32)
+        similarities, keys = self.index.search(queries, k=1 + extra)
         results = []
         for i, (row, names) in enumerate(zip(similarities, keys, strict=True)):
             skip = exclude[i] if exclude else set()
