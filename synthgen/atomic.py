@@ -1,10 +1,18 @@
-"""Atomic file writes: a reader never sees a half-written output, an interrupted run leaves no partial file."""
+"""Atomic file writes: a reader never sees a half-written output, an interrupted run leaves no partial file.
+
+A write goes to `.NAME.XXXXXXXX.tmp` beside NAME and is renamed onto it only when complete. A process killed
+mid-write (`kill -9`, power loss) cannot clean up, so whoever next owns the folder (a build holding its lock,
+a training run claiming its folder) calls `remove_temp_files`: every such name there is a dead write.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +20,30 @@ from typing import IO, Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_SUFFIX = ".tmp"
+# `.NAME.XXXXXXXX.tmp` (atomic_path), and `.NAME.*.tmp` folders staged the same way (e.g. model export).
+TEMP_NAME = re.compile(r"^\..+\.tmp$")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A full disk (ENOSPC, EDQUOT) is re-raised naming `path`, so the one-line error says which file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are meant to be shared
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as error:
+        if error.errno in DISK_FULL and error.filename in (None, str(tmp_path)):
+            raise OSError(error.errno, os.strerror(error.errno), str(path)) from error
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -46,3 +64,24 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def remove_temp_files(folder: str | os.PathLike, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Delete the temp files and folders (`.NAME.*.tmp`) that killed writes left anywhere under `folder`.
+
+    Only for the folder's single writer (a build holding its lock, a training run that claimed its folder);
+    `skip` names top-level entries not to walk into (e.g. hard links into a model cache). Returns what went.
+    """
+    root, removed = Path(folder), []
+    for top, dirs, files in os.walk(root):
+        if Path(top) == root:
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in [d for d in dirs if TEMP_NAME.match(d)]:
+            dirs.remove(name)
+            shutil.rmtree(Path(top) / name, ignore_errors=True)
+            removed.append(Path(top) / name)
+        for name in files:
+            if TEMP_NAME.match(name):
+                (Path(top) / name).unlink(missing_ok=True)
+                removed.append(Path(top) / name)
+    return removed

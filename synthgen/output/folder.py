@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from synthgen.atomic import write_json, write_text
+from synthgen.atomic import remove_temp_files, write_json, write_text
 from synthgen.errors import SynthgenError
 from synthgen.recipe import LoadedRecipe
 
@@ -67,7 +67,8 @@ class OutputFolder:
                     "pass --overwrite to replace it or choose another --out"
                 )
             return f"{self.path} (its earlier build will be replaced)"
-        if self.path.is_dir() and any(self.path.iterdir()):
+        if self.path.is_dir() and any(e.name != STATE_DIR for e in self.path.iterdir()):
+            # (only `.synthgen/` without build.json: a first build killed before it claimed the folder)
             raise SynthgenError(
                 f"output.dir: {self.path} exists and is not a synthgen output; choose an empty or new folder"
             )
@@ -79,18 +80,29 @@ class OutputFolder:
         if self.build_file.is_file() and self._built_by(loaded):
             return
         if self.build_file.is_file():  # another recipe's build, and --overwrite was given
-            for name in OWNED:
-                target = self.path / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            self._clear()
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.build_file, {"recipe_sha256": loaded.sha256, "recipe_name": loaded.recipe.name})
 
+    def _clear(self) -> None:
+        """Remove another recipe's build; build.json goes last, so a kill midway leaves a folder that the same
+        command (with --overwrite) clears again, never one that looks foreign."""
+        entries = [self.path / name for name in OWNED if name != STATE_DIR]
+        keep = (self.build_file, self.state / "lock")  # the lock: a build of the old recipe may still hold it
+        entries += [entry for entry in sorted(self.state.iterdir()) if entry not in keep]
+        for target in entries:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+        self.build_file.unlink()
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold an exclusive lock on the folder while writing, so two builds never interleave shards."""
+        """Hold an exclusive lock on the folder while writing, so two builds never interleave shards.
+
+        Holding it proves no other build writes here, so the temp files found then are dead writes of a
+        killed build: they are removed (`model/`, hard links into the model cache, is not walked)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks; builds there are not guarded
@@ -104,6 +116,7 @@ class OutputFolder:
                 raise SynthgenError(
                     f"{self.path}: another synthgen build is writing here; wait for it or use another --out"
                 ) from None
+            remove_temp_files(self.path, skip=("model",))
             yield
 
     def mark_done(self) -> None:

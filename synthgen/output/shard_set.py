@@ -9,13 +9,15 @@ not provably complete.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthgen.atomic import write_json
+from synthgen.atomic import DISK_FULL, write_json
+from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
 from synthgen.output.writers import (
     FORMATS,
@@ -106,8 +108,22 @@ class ShardSet:
     def write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
         """Write shard `index` in every format; on any error no file of this shard and no marker remain.
 
-        Returns the record its marker holds (files with sha256, keys, class counts).
+        Returns the record its marker holds (files with sha256, keys, class counts). A full disk is a
+        one-line SynthgenError naming the file and the folder (a rerun, once there is space, resumes).
         """
+        try:
+            return self._write_shard(index, samples)
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            files = [f"{WRITERS[fmt].folder}/shard-{index:05d}.{WRITERS[fmt].suffix}" for fmt in self.formats]
+            where = os.path.relpath(error.filename, self.out_dir) if error.filename else " and ".join(files)
+            raise SynthgenError(
+                f"output.dir: no space left on device writing {where} (shard {index}) in {self.out_dir}; "
+                "free some space and run the same command again: finished shards are kept"
+            ) from None
+
+    def _write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
         marker = OutputFolder(self.out_dir).marker(index)
         marker.unlink(missing_ok=True)  # the old marker no longer describes what is on disk
         writers: list[ShardWriter] = []

@@ -220,5 +220,13 @@ def render_inspect(result: InspectResult, console: Console) -> None:
         console.print(f"[green]OK[/]: {len(result.shards)} shard files match manifest.json")
     else:
         console.print(f"[red]{len(result.problems)} problem(s)[/]:")
-        for problem in result.problems:
-            console.print(f"  [red]✗[/] {escape(problem)}", highlight=False)
+        for problem in result.problems:  # one line each, unwrapped, so they can be grepped
+            console.print(f"  [red]✗[/] {escape(problem)}", highlight=False, soft_wrap=True)
+        damaged = sorted({row.index for row in result.shards if not row.checksum_ok})
+        if damaged:
+            console.print(
+                f"shard(s) {', '.join(map(str, damaged))} differ from what was built: run the same "
+                "`synthgen build` again (same recipe and --out) to redo exactly those",
+                highlight=False,
+                soft_wrap=True,
+            )

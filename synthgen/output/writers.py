@@ -11,12 +11,13 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,6 +92,11 @@ def labelled_row(key: str, record: dict[str, Any], class_index: dict[str, int]) 
         else:
             row[field] = value
     return row
+
+
+def open_temp(path: Path) -> IO[bytes]:
+    """The one place a shard's bytes reach the disk (tests swap it for a file that fills up, like a full disk)."""
+    return open(path, "wb")  # noqa: SIM115 - closed by the writer's `_close_file`
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,8 @@ class ShardWriter:
         self._tmp = self._stack.enter_context(atomic_path(self.path))
         self._finished: ShardFile | None = None
         try:
-            self._open()
+            with self._naming_errors():
+                self._open()
         except BaseException:
             self.abort()  # do not leave the temp file behind
             raise
@@ -187,16 +194,28 @@ class ShardWriter:
             raise ValueError(f"duplicate sample key {key!r} in {self.relpath}")
         row = labelled_row(key, record, self.class_index)
         self._keys.add(key)
-        self._write(key, image_bytes, row)
+        with self._naming_errors():
+            self._write(key, image_bytes, row)
         self.num_samples += 1
 
     def finish(self) -> ShardFile:
         """Complete the temp file (not yet visible) and describe it."""
         if self._finished is None:
-            self._close_file()
+            with self._naming_errors():
+                self._close_file()
             digest, size = sha256_file(self._tmp), self._tmp.stat().st_size
             self._finished = ShardFile(self.format, self.relpath, digest, self.num_samples, size)
         return self._finished
+
+    @contextlib.contextmanager
+    def _naming_errors(self) -> Iterator[None]:
+        """An OSError from writing the temp file (a full disk) names the shard file, not a file handle."""
+        try:
+            yield
+        except OSError as error:
+            if error.filename is not None or error.errno is None:
+                raise
+            raise OSError(error.errno, error.strerror or os.strerror(error.errno), str(self.path)) from error
 
     def commit(self) -> None:
         """Rename the finished temp file onto the final path."""
@@ -231,28 +250,37 @@ class ParquetShardWriter(ShardWriter):
     format, folder, suffix = "parquet", "data", "parquet"
 
     _writer: pq.ParquetWriter | None = None
+    _handle: IO[bytes] | None = None
 
     def _open(self) -> None:
         self._rows: list[dict[str, Any]] = []
         self.schema = parquet_schema(list(self.class_index))
-        self._writer = pq.ParquetWriter(self._tmp, self.schema)
+        self._handle = open_temp(self._tmp)
+        self._writer = pq.ParquetWriter(self._handle, self.schema)
 
     def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
         image = {"bytes": image_bytes, "path": f"{key}.{self.ext}"}
         self._rows.append({"key": key, "image": image, **record})
-        if len(self._rows) >= _ROW_GROUP:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows and self._writer is not None:
-            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self.schema))
-            self._rows = []
+        if len(self._rows) >= _ROW_GROUP and self._writer is not None:
+            self._flush_with(self._writer)
 
     def _close_file(self) -> None:
-        if self._writer is not None:
-            self._flush()
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                try:
+                    self._flush_with(writer)
+                finally:
+                    writer.close()  # also after a failed write: a writer left open would write again when freed
+        finally:
+            if self._handle is not None:
+                handle, self._handle = self._handle, None
+                handle.close()
+
+    def _flush_with(self, writer: pq.ParquetWriter) -> None:
+        rows, self._rows = self._rows, []
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
 
 
 class WebDatasetShardWriter(ShardWriter):
@@ -264,10 +292,12 @@ class WebDatasetShardWriter(ShardWriter):
     format, folder, suffix = "webdataset", "webdataset", "tar"
 
     _tar: tarfile.TarFile | None = None
+    _handle: IO[bytes] | None = None
 
     def _open(self) -> None:
         # Open across write() calls; closed by finish()/abort(), so no `with` block fits.
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        self._handle = open_temp(self._tmp)
+        self._tar = tarfile.open(fileobj=self._handle, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)  # fixed metadata: identical samples give a byte-identical tar
@@ -284,9 +314,14 @@ class WebDatasetShardWriter(ShardWriter):
         self._add(f"{key}.cls", str(record["label"]).encode("ascii"))
 
     def _close_file(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-            self._tar = None
+        try:
+            if self._tar is not None:
+                tar, self._tar = self._tar, None
+                tar.close()
+        finally:
+            if self._handle is not None:
+                handle, self._handle = self._handle, None
+                handle.close()
 
 
 WRITERS: dict[str, type[ShardWriter]] = {"parquet": ParquetShardWriter, "webdataset": WebDatasetShardWriter}

@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,16 +69,46 @@ class CheckpointStore:
         final = self.root / f"{phase}-step-{step:07d}"
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
         try:
-            torch.save(state, staging / "state.pt")
+            try:
+                with open(staging / "state.pt", "wb") as handle:
+                    torch.save(state, handle)
+            except (OSError, RuntimeError) as error:
+                named = _disk_error(error, final)
+                if named is None:
+                    raise
+                raise named from error
             write_json(staging / "meta.json", {"phase": phase, "step": step, **meta})
             if final.exists():
-                shutil.rmtree(final)
+                self._discard(final)
             os.replace(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         for old in self.all(phase)[: -self.keep]:
-            shutil.rmtree(old.path, ignore_errors=True)
+            self._discard(old.path)
         return Checkpoint(phase, step, final)
+
+    def _discard(self, path: Path) -> None:
+        """Rename out of the way, then delete: a kill mid-delete must not leave a checkpoint without its state."""
+        aside = self.root / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def remove_leftovers(self) -> None:
+        """What killed runs left: staging and discarded folders (dot names) and torn checkpoints (no meta.json).
+
+        Only for the folder's one writer (the run that claimed it)."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            torn = _NAME.match(path.name) and not (path / "meta.json").is_file()
+            if path.name.startswith(".") or torn:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def load(self, checkpoint: Checkpoint) -> dict[str, Any]:
         import torch
@@ -87,10 +118,19 @@ class CheckpointStore:
     def keep_only_final(self, phase: str) -> None:
         """A finished phase needs only its last checkpoint (the next phase's starting point)."""
         for old in self.all(phase)[:-1]:
-            shutil.rmtree(old.path, ignore_errors=True)
+            self._discard(old.path)
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _disk_error(error: BaseException, path: Path) -> OSError | None:
+    """A failed write (a full disk) as an OSError naming the checkpoint; torch.save into a file object raises it
+    itself or as the context of its "enforce fail at inline_container.cc" RuntimeError."""
+    cause = error if isinstance(error, OSError) else error.__context__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
+    return None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -18,12 +18,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from synthgen.atomic import write_json
+from synthgen.atomic import remove_temp_files, write_json
 from synthgen.errors import SynthgenError
-from synthgen.training.checkpoints import CHECKPOINT_DIR
+from synthgen.training.checkpoints import CHECKPOINT_DIR, CheckpointStore
 
 RUN_FILE = "run.json"
 MODEL_INDEX = "model_index.json"
+DATA_CACHE = "data"  # DIR/.checkpoints/data: the decoded training images (training/data.py)
+_STAGING = ".staging-"
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
@@ -54,7 +56,17 @@ class TrainingFolder:
         return (self.path / MODEL_INDEX).is_file()
 
     def claim(self, settings: dict[str, Any], overwrite: bool) -> bool:
-        """Make DIR this run's; returns True when it holds an earlier run of the same settings (resume)."""
+        """Make DIR this run's; returns True when it holds an earlier run of the same settings (resume).
+
+        What killed runs left in DIR (temp files, staging folders, torn checkpoints) is removed here."""
+        resumed = self._claim(settings, overwrite)
+        remove_temp_files(self.path)
+        for staging in self.path.glob(f"{_STAGING}*"):
+            shutil.rmtree(staging, ignore_errors=True)
+        CheckpointStore(self.work).remove_leftovers()
+        return resumed
+
+    def _claim(self, settings: dict[str, Any], overwrite: bool) -> bool:
         run_file = self.work / RUN_FILE
         fingerprint = settings_fingerprint(settings)
         if run_file.is_file():
@@ -68,6 +80,8 @@ class TrainingFolder:
                     "recipe to resume it, or pass --overwrite to start over"
                 )
             self._wipe()
+        elif self._only_work_folder():  # a run killed before it wrote run.json: nothing in it to keep
+            self._wipe()
         elif self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             if not self.finished:
                 raise SynthgenError(
@@ -79,6 +93,9 @@ class TrainingFolder:
         self.work.mkdir(parents=True, exist_ok=True)
         write_json(run_file, {"fingerprint": fingerprint, "settings": settings})
         return False
+
+    def _only_work_folder(self) -> bool:
+        return self.path.is_dir() and [entry.name for entry in self.path.iterdir()] == [CHECKPOINT_DIR]
 
     def _has_progress(self) -> bool:
         """Whether DIR holds anything a changed recipe would lose (a checkpoint or a finished pipeline)."""
@@ -92,10 +109,13 @@ class TrainingFolder:
                 entry.unlink()
 
     def staging(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+        return Path(tempfile.mkdtemp(prefix=_STAGING, dir=self.path))
 
     def install(self, staging: Path) -> None:
-        """Move a saved pipeline from `staging` into DIR; model_index.json goes last (the completeness mark)."""
+        """Move a saved pipeline from `staging` into DIR; model_index.json goes last (the completeness mark).
+
+        The decoded training images go before it: a finished model folder never carries them, even when the
+        run is killed right after (a rerun of a finished run is refused, so nothing would remove them later)."""
         (self.path / MODEL_INDEX).unlink(missing_ok=True)
         try:
             for entry in sorted(staging.iterdir()):
@@ -105,6 +125,7 @@ class TrainingFolder:
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 os.replace(entry, target)
+            shutil.rmtree(self.work / DATA_CACHE, ignore_errors=True)
             os.replace(staging / MODEL_INDEX, self.path / MODEL_INDEX)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -9,6 +9,9 @@ phases (`msdm_phases`) and what the finished model says about itself.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,6 +302,9 @@ def _text_encoder(request: MSDMRequest, preset: Any, train: Any, tokenizer_dir: 
     from transformers import AutoTokenizer
 
     saved = AutoTokenizer.from_pretrained(tokenizer_dir) if (tokenizer_dir / "tokenizer.json").is_file() else None
+    if saved is not None:  # how it was loaded (transformers 5): a resumed run's pipeline must not differ by it
+        for key in ("is_local", "local_files_only"):
+            saved.init_kwargs.pop(key, None)
     text = make_text_encoder(
         request.config.text_encoder,
         preset,
@@ -310,5 +316,17 @@ def _text_encoder(request: MSDMRequest, preset: Any, train: Any, tokenizer_dir: 
         allow_pickle=request.allow_pickle,
     )
     if saved is None and request.config.text_encoder.pretrained is None:
-        text.tokenizer.save_pretrained(tokenizer_dir)
+        _save_tokenizer(text.tokenizer, tokenizer_dir)
     return text
+
+
+def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """Staged and renamed into place: a run killed mid-save must not leave a torn tokenizer.json to resume from."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
