@@ -13,6 +13,7 @@ import base64
 import csv
 import gzip
 import io
+import json
 import re
 import zipfile
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from dicom_files import PHI, blob, phi_dataset, save
+from pydicom.uid import JPEG2000Lossless, RLELossless
 from typer.testing import CliRunner
 
 from synthgen.cli import app
@@ -60,9 +62,13 @@ RECIPE = {
 }
 
 
+COMPRESSED = {1: RLELossless, 3: JPEG2000Lossless}  # every 4th image from the 2nd: RLE; from the 4th: JPEG 2000
+
+
 def dicom_folder(root: Path, n: int, patients: int, seed: int) -> list[str]:
-    """`n` labelled 16-bit images (one a 3-frame file, some MONOCHROME1) under identifying names, plus a structured
-    report and a truncated file (skipped); a metadata.csv by relative path. Returns every UID written."""
+    """`n` labelled 16-bit images (one a 3-frame file, some MONOCHROME1, some RLE or JPEG 2000 compressed) under
+    identifying names, plus a structured report and a truncated file (skipped); a metadata.csv by relative path.
+    Returns every UID written."""
     uids, rows = [], []
     for i in range(n):
         label = LABELS[i % 2]
@@ -71,6 +77,8 @@ def dicom_folder(root: Path, n: int, patients: int, seed: int) -> list[str]:
             pixels = np.stack([pixels, blob(seed + 99, light=False), pixels])
         photometric = "MONOCHROME1" if i % 3 == 2 else "MONOCHROME2"
         ds = phi_dataset(pixels, photometric, PatientID=f"PHIID-77{i // 2 % patients}")
+        if i % 4 in COMPRESSED:  # compressed transfer syntaxes in the build too (the header stays plain text)
+            ds.compress(COMPRESSED[i % 4])
         ds.SeriesDescription = f"{FILE_SENTINEL} series"
         name = f"{FILE_SENTINEL}_study/{FILE_SENTINEL}_{i:04d}.dcm"
         save(ds, root / name)
@@ -161,7 +169,8 @@ def test_the_build_ran_on_the_dicom_files(built: tuple[Path, list[str], str]) ->
     out = root / "out"
     assert pq.read_table(out / "data").num_rows == 8
     assert (out / "audit" / "summary.json").is_file() and (out / "eval" / "eval.json").is_file()
-    assert (out / "model" / "synthgen_model.json").is_file()
+    data = json.loads((out / "model" / "synthgen_model.json").read_text())["training_data"]
+    assert data["images"] + data.get("validation_images", 0) == 14  # 12 files, one of 3 frames; RLE and JPEG 2000 too
     assert (root / "written" / "audit-cli" / "summary.json").is_file()
     log = (root / "written" / "synthgen.log").read_text()
     assert "train" in log.lower() and log.count("\n") > 5
