@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from synthgen import __version__
 from synthgen.atomic import atomic_path, write_json
 from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
-from synthgen.plan import Job, Plan, Shard, make_plan
+from synthgen.plan import Plan, make_plan
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Progress, Reporter, pick_device
-from synthgen.sample import Sample
+from synthgen.shard_builder import ShardBuilder
 
 
 @dataclass
@@ -39,45 +38,6 @@ class BuildResult:
     shortfall: dict[str, int] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # the manifest's `model` block
     eval_summary: dict[str, Any] | None = None  # eval/eval.json, when the recipe has an `eval:` block
-
-
-class ShardBuilder:
-    """Generates one shard's samples, audits them and replaces dropped copies with fresh seeds."""
-
-    def __init__(self, loaded: LoadedRecipe, generator: Callable[[], Any], auditor, reporter: Reporter):
-        self.recipe = loaded.recipe
-        self.generator = generator
-        self.auditor = auditor
-        self.reporter = reporter
-
-    def run(self, shard: Shard) -> tuple[list[Sample], Any]:
-        from synthgen.audit import AuditLog
-
-        log = AuditLog(self.auditor) if self.auditor else None
-        kept: dict[str, Sample] = {}
-        pending: list[Job] = list(shard.jobs)
-        audit = self.recipe.audit
-        while pending:
-            samples = self._generate(pending)
-            if log is None:
-                kept.update((s.key, s) for s in samples)
-                break
-            retry: list[Job] = []
-            for job, sample, verdict in zip(pending, samples, self.auditor.check(samples), strict=True):
-                sample.metadata.update(self.auditor.sample_metadata(verdict))
-                drop = verdict.flagged and audit.action == "drop"
-                log.add(sample, verdict, dropped=drop, attempt=job.attempt)
-                if not drop:
-                    kept[job.key] = sample
-                elif job.attempt < audit.max_retries:
-                    retry.append(job.retry())
-                else:
-                    self.reporter.log(f"{job.key}: still a copy after {job.attempt + 1} tries; left out", warning=True)
-            pending = retry
-        return [kept[job.key] for job in shard.jobs if job.key in kept], log
-
-    def _generate(self, jobs: list[Job]) -> list[Sample]:
-        return self.generator().generate(jobs, lambda done, total: self.reporter.progress("generating", done, total))
 
 
 def _provenance(loaded: LoadedRecipe, model_id: str, model_sha256: str, dp: dict | None) -> dict[str, Any]:

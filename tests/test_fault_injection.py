@@ -189,9 +189,9 @@ def test_full_disk_in_a_training_checkpoint_names_it_and_leaves_no_checkpoint(
 
 
 def test_damaged_shards_are_named_by_inspect_and_exactly_they_are_rebuilt(built, work: Path, cli_env, monkeypatch):
-    from synthgen.build import ShardBuilder
     from synthgen.cli import app
     from synthgen.output.verify import inspect_output
+    from synthgen.shard_builder import ShardBuilder
 
     target, reference, expected = built
     run = work / "build-damaged"
