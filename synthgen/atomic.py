@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -55,6 +56,38 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; it replaces `path` (discarded first) only if the block succeeds.
+
+    Readers see the old folder or the new one, never a mix; a kill leaves a `.NAME.*.tmp` that
+    `remove_temp_files` (or the folder's owner) clears."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        yield stage
+        if path.exists() or path.is_symlink():
+            discard(path)
+        os.replace(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Delete a file or folder; a folder is renamed to a temp name first, so it is never seen half-deleted."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        path.unlink(missing_ok=True)
+        return
+    aside = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
+from synthgen.atomic import atomic_dir, discard
 from synthgen.errors import SynthgenError
 from synthgen.provenance import content_files, sha256_tree
 
@@ -42,10 +41,9 @@ def place_model(out_dir: Path, source: Path, sha256: str, export: bool) -> str |
         return MODEL_DIR
     if not export:
         if target.exists():
-            _remove(target)
+            discard(target)
         return None
-    stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, suffix=".tmp", dir=out_dir))
-    try:
+    with atomic_dir(target) as stage:  # `.model.*.tmp` until complete and checked
         for relative, file in content_files(source):
             _link_or_copy(file, stage / relative)
         got = sha256_tree(stage)
@@ -54,12 +52,6 @@ def place_model(out_dir: Path, source: Path, sha256: str, export: bool) -> str |
                 f"--export-model: {source} changed during the build (sha256 {got[:12]}…, expected {sha256[:12]}…); "
                 "build again"
             )
-        if target.exists():
-            _remove(target)
-        stage.rename(target)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return MODEL_DIR
 
 
@@ -70,13 +62,3 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def _remove(target: Path) -> None:
-    """Rename out of the way first, so `model/` is never seen half-deleted."""
-    if target.is_dir() and not target.is_symlink():
-        aside = target.with_name(f"{_STAGE_PREFIX}{uuid.uuid4().hex}.tmp")
-        target.rename(aside)
-        shutil.rmtree(aside)
-    else:
-        target.unlink()

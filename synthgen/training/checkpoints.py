@@ -16,15 +16,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synthgen.atomic import write_json
+from synthgen.atomic import atomic_dir, discard, write_json
 
 CHECKPOINT_DIR = ".checkpoints"
 _NAME = re.compile(r"^(?P<phase>[a-z_]+)-step-(?P<step>\d+)$")
@@ -65,10 +63,8 @@ class CheckpointStore:
         """Write state.pt, then meta.json (the completeness marker), then rename the folder into place."""
         import torch
 
-        self.root.mkdir(parents=True, exist_ok=True)
         final = self.root / f"{phase}-step-{step:07d}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.root))
-        try:
+        with atomic_dir(final) as staging:
             try:
                 with open(staging / "state.pt", "wb") as handle:
                     torch.save(state, handle)
@@ -78,23 +74,9 @@ class CheckpointStore:
                     raise
                 raise named from error
             write_json(staging / "meta.json", {"phase": phase, "step": step, **meta})
-            if final.exists():
-                self._discard(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         for old in self.all(phase)[: -self.keep]:
-            self._discard(old.path)
+            discard(old.path)
         return Checkpoint(phase, step, final)
-
-    def _discard(self, path: Path) -> None:
-        """Rename out of the way, then delete: a kill mid-delete must not leave a checkpoint without its state."""
-        aside = self.root / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            os.replace(path, aside)
-        except FileNotFoundError:
-            return
-        shutil.rmtree(aside, ignore_errors=True)
 
     def remove_leftovers(self) -> None:
         """What killed runs left: staging and discarded folders (dot names) and torn checkpoints (no meta.json).
@@ -118,7 +100,7 @@ class CheckpointStore:
     def keep_only_final(self, phase: str) -> None:
         """A finished phase needs only its last checkpoint (the next phase's starting point)."""
         for old in self.all(phase)[:-1]:
-            self._discard(old.path)
+            discard(old.path)
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

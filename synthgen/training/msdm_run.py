@@ -9,14 +9,12 @@ phases (`msdm_phases`) and what the finished model says about itself.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
+from synthgen.atomic import atomic_dir
 from synthgen.errors import SynthgenError
 from synthgen.models.msdm import PRESETS, assemble_pipeline, build_unet, build_vae
 from synthgen.models.safe_weights import check_model_folder, safe_kwargs
@@ -322,11 +320,5 @@ def _text_encoder(request: MSDMRequest, preset: Any, train: Any, tokenizer_dir: 
 
 def _save_tokenizer(tokenizer: Any, folder: Path) -> None:
     """Staged and renamed into place: a run killed mid-save must not leave a torn tokenizer.json to resume from."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as staging:
         tokenizer.save_pretrained(staging)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
