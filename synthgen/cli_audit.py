@@ -99,6 +99,7 @@ def audit_command(
             show_training_images=show_training_images,
             max_images=max_images,
             mia=MIAConfig(allow_pickle=allow_pickle),
+            cache=True,  # the fitted training index is kept under the cache root (fit_cache.py)
             progress=reporter.progress,
         )
     _print_audit(summary)

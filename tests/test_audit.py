@@ -23,6 +23,7 @@ from synthgen.sources import open_source
 from synthgen.sources.memory import MemorySource
 
 COLUMNS = ["key", "label", "nearest_train_key", "similarity", "flagged", "dropped", "attempt"]
+EVIDENCE = ["match_kind", "matches", "transform", "zoom", "rotation", "mirrored", "candidate_box", "train_box"]
 
 
 def blob_image(seed: int, size: int = 64) -> Image.Image:
@@ -116,12 +117,28 @@ def test_audit_log_keeps_few_thumbnails_flagged_first() -> None:
     assert all(item.thumbnail.startswith(b"\x89PNG") for item in gallery)
 
 
+def test_audit_log_state_keeps_evidence_and_reads_older_states() -> None:
+    """A resumed build rebuilds its log from JSON states: evidence survives; states from before it still load."""
+    auditor = Auditor.from_source(train_source(), threshold=0.5)
+    samples = [Sample("copy", blob_image(3).transpose(Image.Transpose.FLIP_LEFT_RIGHT)), Sample("new", blob_image(99))]
+    log = AuditLog(auditor)
+    log.extend(samples, auditor.check(samples))
+    assert log.rows[0].mirrored and log.rows[0].train_box == (0, 0, 64, 64) and "mirrored" in log.rows[0].transform
+    resumed = AuditLog(auditor)
+    resumed.merge(json.loads(json.dumps(log.state())))
+    assert resumed.rows == log.rows
+    old = {"rows": [{k: v for k, v in row.items() if k in COLUMNS} for row in log.state()["rows"]], "thumbnails": {}}
+    older = AuditLog(auditor)
+    older.merge(old)
+    assert older.rows[0].key == "copy" and older.rows[0].matches is None and older.rows[0].train_box is None
+
+
 def test_run_audit_writes_consistent_outputs(tmp_path: Path) -> None:
     candidates = candidate_source({"copy_of_5": 5, "copy_of_12": 12, "new_1": 500, "new_2": 501}, bad=("broken",))
     summary = run_audit(train_source(), candidates, tmp_path, threshold=0.95)
 
     table = pq.read_table(tmp_path / "audit.parquet")
-    assert table.column_names == COLUMNS and table.num_rows == 4
+    assert table.column_names == COLUMNS + EVIDENCE and table.num_rows == 4
     rows = {row["key"]: row for row in table.to_pylist()}
     assert rows["copy_of_5"]["flagged"] and rows["copy_of_5"]["nearest_train_key"] == "train_5"
     assert rows["copy_of_12"]["flagged"] and rows["copy_of_12"]["nearest_train_key"] == "train_12"

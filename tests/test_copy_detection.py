@@ -225,6 +225,72 @@ def test_calibration_quantile_bounds_and_near_duplicates() -> None:
     assert calibrate(stub, source)[0] == 0.7  # type: ignore[arg-type]  # the floor
 
 
+def _covered(box: tuple[int, int, int, int], region: tuple[int, int, int, int]) -> float:
+    """Share of `region`'s area inside `box`."""
+    width = max(0, min(box[2], region[2]) - max(box[0], region[0]))
+    height = max(0, min(box[3], region[3]) - max(box[1], region[1]))
+    return width * height / ((region[2] - region[0]) * (region[3] - region[1]))
+
+
+@pytest.mark.parametrize(("crop", "angle", "mirror"), [((40, 50, 100, 110), 12, False), ((70, 20, 150, 100), -8, True)])
+def test_evidence_gives_the_transform_and_the_source_region(
+    detector: CopyDetector, crop: tuple[int, int, int, int], angle: float, mirror: bool
+) -> None:
+    """A crop of 14-25% of a training image, enlarged to 256 px, (mirrored,) rotated: the evidence names the copy
+    operation and the box on the training image covers the crop's source."""
+    copy = TRAIN[11][1].crop(crop).resize((256, 256), Image.Resampling.BICUBIC)
+    copy = copy.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else copy
+    copy = copy.rotate(angle, Image.Resampling.BILINEAR)  # anticlockwise, as the evidence counts
+    ((score, key, evidence),) = detector.match_evidence([copy])
+    assert key == TRAIN[11][0] and score >= CopyDetector.default_threshold and evidence is not None
+    assert evidence.matches >= 8 and evidence.mirrored == mirror
+    assert evidence.zoom == pytest.approx(256 / (crop[2] - crop[0]), rel=0.08)
+    assert evidence.rotation == pytest.approx(angle, abs=2.0)
+    assert evidence.train_box is not None and _covered(evidence.train_box, crop) >= 0.95
+    box_area = (evidence.train_box[2] - evidence.train_box[0]) * (evidence.train_box[3] - evidence.train_box[1])
+    assert box_area <= 2.0 * (crop[2] - crop[0]) * (crop[3] - crop[1])  # the region, not the whole image
+    assert evidence.candidate_box == (0, 0, 256, 256)  # all of the candidate is the copy
+    words = evidence.words
+    assert f"{evidence.matches} consistent matches" in words and f"zoom {evidence.zoom:.1f}×" in words
+    assert f"rotated {abs(angle)}° {'anticlockwise' if angle > 0 else 'clockwise'}" in words
+    assert ("mirrored" in words) == mirror
+
+
+def test_evidence_of_whole_image_copies_and_unrelated_images(detector: CopyDetector) -> None:
+    exact, flipped, novel = detector.match_evidence([TRAIN[5][1], EDITS["vflip"](TRAIN[6][1]), texture(4000)])
+    assert exact[2] is not None and exact[2].train_box == (0, 0, 160, 160) and exact[2].words.endswith("same framing")
+    assert flipped[2] is not None and "flipped upside down" in flipped[2].words
+    assert novel[0] < CopyDetector.default_threshold and (novel[2] is None or novel[2].matches < 8)
+    assert [(s, k) for s, k, _ in (exact, flipped, novel)] == detector.match(
+        [TRAIN[5][1], EDITS["vflip"](TRAIN[6][1]), texture(4000)]
+    )
+
+
+def test_demo_phantoms_planted_copies_flagged_fresh_ones_not() -> None:
+    """The demo's setting (copydetect, threshold auto, phantoms of one procedural kind): planted copies are
+    flagged, fresh phantoms are not (recipes/demo.yaml uses these defaults)."""
+    from synthgen.sources.demo import DEMO_CLASSES, draw_phantom
+
+    def phantoms(seed: int, n: int) -> list[tuple[str, Image.Image]]:
+        return [(f"phantom-{seed}-{i}", draw_phantom(DEMO_CLASSES[i % 3], seed, i, 64)[0]) for i in range(n)]
+
+    train = phantoms(0, 45)
+    auditor = Auditor.from_source(MemorySource(train, "phantoms"))  # the defaults
+    assert auditor.detector.name == "copydetect" and auditor.calibration is not None
+    planted = [
+        train[3][1],
+        train[7][1].transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        train[11][1].crop((8, 8, 56, 56)).resize((64, 64), Image.Resampling.BICUBIC),
+        train[20][1].rotate(12, Image.Resampling.BILINEAR),
+        jpeg(train[40][1], 40),
+    ]
+    copies = auditor.check([Sample(f"copy-{i}", image) for i, image in enumerate(planted)])
+    assert [v.nearest_train_key for v in copies] == [train[i][0] for i in (3, 7, 11, 20, 40)]
+    assert all(v.flagged and v.evidence is not None for v in copies), [v.similarity for v in copies]
+    fresh = auditor.check([Sample(key, image) for key, image in phantoms(1, 24)])
+    assert not any(v.flagged for v in fresh), max(v.similarity for v in fresh)
+
+
 # --- real data --------------------------------------------------------------------------------------------
 
 

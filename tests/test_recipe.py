@@ -58,7 +58,8 @@ def test_demo_recipe_parses():
     assert recipe.model.train.resolution == 64 and recipe.model.train.preset == "tiny"
     assert recipe.classes["polyp"].variables["size"] == ["small", "large"]
     assert (recipe.sampling.steps, recipe.sampling.batch_size) == (25, 16)
-    assert (recipe.audit.threshold, recipe.audit.action, recipe.audit.max_retries) == (0.99, "drop", 2)
+    assert (recipe.audit.embedder, recipe.audit.threshold) == ("copydetect", "auto")  # the defaults
+    assert (recipe.audit.action, recipe.audit.max_retries) == ("drop", 2)
     assert recipe.output.shard_size == 24
     assert loaded.path == DEMO.resolve()
     assert loaded.output_dir() == DEMO.parent.parent / "out/demo"  # shown as out/demo, not recipes/../out/demo
@@ -95,7 +96,7 @@ def test_defaults(tmp_path):
         "steps": 30,
         "guidance_scale": 3.5,
         "resolution": None,
-        "batch_size": 8,
+        "batch_size": "auto",
         "seed": 0,
         "negative_prompt": "",
         "device": "auto",

@@ -56,6 +56,7 @@ def run_audit(
     mia: MIAConfig | None = None,
     show_training_images: bool = False,
     progress: Progress | None = None,
+    cache: bool | str | Path = False,
 ) -> dict[str, Any]:
     """Run what the inputs allow; write summary.json + report.html (+ audit.parquet, membership.parquet).
 
@@ -63,6 +64,7 @@ def run_audit(
     the groups (patients) its calibration keeps apart, as the recipe's `audit` block does (same defaults).
     `privacy_metrics`: also measure the embedding-space privacy metrics (against `holdout` when given).
     `max_images` bounds the membership inference (per side) and the holdout images the metrics embed.
+    `cache`: keep the fitted training index and its calibration on disk (`synthgen audit`: True; see fit_cache.py).
     """
     if candidates is None and model is None:
         raise SynthgenError("nothing to audit: give --candidates (copy audit) and/or --model (membership inference)")
@@ -88,6 +90,7 @@ def run_audit(
         index=index,
         group_by=group_by,
         group_pattern=group_pattern,
+        cache=cache,
     )
     inputs = None
     if privacy_metrics:

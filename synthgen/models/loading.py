@@ -44,16 +44,20 @@ class LoadedModel:
         return 512
 
 
-def load_model(path: Path, model_id: str, model_sha256: str, device, allow_pickle: bool = False) -> LoadedModel:
+def load_model(
+    path: Path, model_id: str, model_sha256: str, device, allow_pickle: bool = False, *, dtype: Any = None
+) -> LoadedModel:
     """Load a diffusers pipeline folder with every component in eval mode on `device`.
 
     Safetensors only unless `allow_pickle` (the recipe's `model.allow_pickle`): pickled weights can run code.
+    `dtype` (internal: tests and benches) overrides `pick_dtype(device)`, e.g. bf16 on a CPU, so the half-
+    precision path of a GPU runs where there is none; users get what `pick_dtype` chooses.
     """
     from diffusers import DiffusionPipeline
 
     check_pipeline_folder(Path(path), "model.pretrained", allow_pickle)
     quiet_libraries()
-    dtype = pick_dtype(device)
+    dtype = pick_dtype(device) if dtype is None else dtype
     try:
         pipeline = DiffusionPipeline.from_pretrained(
             path, **dtype_kwarg(dtype), local_files_only=True, **safe_kwargs(allow_pickle)

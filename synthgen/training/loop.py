@@ -242,7 +242,7 @@ def run_phase(
         record["lr"] = loop.schedule.get_last_lr()[0]
         at_checkpoint = done % settings.checkpoint_every == 0 or done == phase.steps
         if at_checkpoint:
-            val_loss, epsilon = _evaluate(phase, module, loop.ema, private, done)
+            val_loss, epsilon = _evaluate(phase, module, loop.ema, private, done, _autocast(settings, private))
             record.update(val_loss=val_loss, checkpoint=True, **({"epsilon": epsilon} if epsilon is not None else {}))
         log.write({**record, "seconds": round(seconds, 3)})  # before the checkpoint: a resume never lacks it
         if at_checkpoint:
@@ -285,15 +285,22 @@ def _resume(loop: _PhaseState, module: Any, store: CheckpointStore, latest: Any)
     return state["step"], list(state["recent"]), seconds, float(state.get("elapsed", seconds)), state["rng"]
 
 
-def _evaluate(phase: Phase, module: Any, ema: EMA | None, private: PrivateTraining | None, step: int) -> tuple:
-    """(validation loss, epsilon spent so far) at a checkpoint; validation and side outputs use the EMA weights."""
+def _evaluate(
+    phase: Phase, module: Any, ema: EMA | None, private: PrivateTraining | None, step: int, autocast: Any = None
+) -> tuple:
+    """(validation loss, epsilon spent so far) at a checkpoint; validation and side outputs use the EMA weights.
+
+    Validation runs under the training steps' `autocast`: a half-precision frozen model (LoRA's UNet on a GPU)
+    cannot take fp32 inputs outside it, and the validation loss is then measured at the training precision.
+    """
     import torch
 
     val_loss = None
     module.eval()
     with ema.applied(module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
         if phase.validate is not None:
-            val_loss = phase.validate(module)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                val_loss = phase.validate(module)
         if phase.on_checkpoint is not None:
             phase.on_checkpoint(step)
     module.train()
@@ -312,11 +319,7 @@ def _optimizer_step(phase, settings, module, optimizer, params, scaler, private,
     n, size = len(indices), settings.micro_batch_size
     parts = [slice(i, i + size) for i in range(0, n, size)]
     total = 0.0
-    # Under DP only bf16 autocast: fp16 needs loss scaling, which would act before the per-sample clipping.
-    use_autocast = settings.autocast_dtype is not None and (
-        private is None or settings.autocast_dtype == torch.bfloat16
-    )
-    autocast = torch.autocast(settings.device.type, dtype=settings.autocast_dtype) if use_autocast else None
+    autocast = _autocast(settings, private)
     for k, part in enumerate(parts):
         micro = {key: value[part] for key, value in batch.items()}
         with autocast if autocast is not None else contextlib.nullcontext():
@@ -345,6 +348,17 @@ def _optimizer_step(phase, settings, module, optimizer, params, scaler, private,
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+def _autocast(settings: LoopSettings, private: PrivateTraining | None) -> Any:
+    """The steps' autocast context (None: full precision). Under DP only bf16: fp16 needs loss scaling, which
+    would act before the per-sample clipping."""
+    import torch
+
+    dtype = settings.autocast_dtype
+    if dtype is None or (private is not None and dtype != torch.bfloat16):
+        return None
+    return torch.autocast(settings.device.type, dtype=dtype)
 
 
 def _mean(values: list[float]) -> float | None:

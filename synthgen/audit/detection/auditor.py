@@ -8,6 +8,7 @@ the recipe's `audit` defaults. The generator calls `check` on each batch so it c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,7 +21,10 @@ from synthgen.audit.detection.detector import (
     get_detector,
     parse_threshold,
 )
+from synthgen.audit.detection.evidence import Evidence
+from synthgen.audit.detection.fit_cache import FitCache
 from synthgen.audit.detection.grouping import AUTO, training_groups
+from synthgen.audit.detection.parallel import match_in_chunks
 from synthgen.audit.index.embedders import Embedder
 from synthgen.audit.index.train_index import TrainIndex
 from synthgen.errors import SynthgenError
@@ -51,6 +55,7 @@ class Verdict:
     similarity: float
     nearest_train_key: str
     flagged: bool
+    evidence: Evidence | None = None  # why (copydetect): transform, consistent matches, matched boxes; evidence.py
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Auditor:
     train_fingerprint: str | None
     train_skipped: list[Skipped] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # how `threshold: auto` was derived
+    workers: int | None = None  # threads `check` spreads candidates over (None: parallel.worker_count)
+    cache_hit: bool = False  # the fitted detector came from the on-disk cache (fit_cache.py)
 
     @property
     def n_train(self) -> int:
@@ -94,51 +101,83 @@ class Auditor:
         index: str = DEFAULT_INDEX,
         group_by: str = DEFAULT_GROUP_BY,
         group_pattern: str | None = None,
+        cache: bool | str | Path = False,
+        workers: int | None = None,
     ) -> Auditor:
         """Fit the detector on every readable training image (unreadable ones are recorded, not fatal).
 
         `threshold="auto"` calibrates it on the training set itself (see calibrate.py), leaving each image's
         group (`group_by` column + `group_pattern` on file names; grouping.py) out of its own search.
+        `cache`: keep the fitted detector and its calibration on disk (True: under `cache_root()`, or a folder)
+        and reuse them while the data, settings and code are unchanged. `workers`: threads for fit and `check`.
         """
         threshold = parse_threshold(threshold)
         use_cpu_threads(("faiss", "cv2"))  # the detector's models, FAISS and OpenCV share the CPUs synthgen may use
         detector = get_detector(embedder, index)
-        detector.fit(train, progress)
+        if workers is not None and hasattr(detector, "workers"):
+            detector.workers = workers  # type: ignore[union-attr]
+        store = None if cache is False else FitCache(None if cache is True else cache)
+        if store is not None:
+            store.fit(detector, train, progress)
+        else:
+            detector.fit(train, progress)
         skipped = list(detector.skipped)
         if detector.n_train == 0:
             raise SynthgenError(f"no readable training images in {train.description}{skipped_note(skipped)}")
         calibration = None
         if threshold == "auto":
-            grouping = training_groups(train, group_by, group_pattern)
-            threshold, calibration = calibrate(
-                detector, train, target_fpr=target_fpr, grouping=grouping, progress=progress
-            )
+            settings = {"target_fpr": target_fpr, "group_by": group_by, "group_pattern": group_pattern}
+            threshold, calibration = _calibrated(detector, train, settings, store, progress)
             train.skipped = list(skipped)  # calibration re-read part of the source; keep the full fit's list
-        return cls(detector, float(threshold), train.description, train.fingerprint(), skipped, calibration)
+        hit = store is not None and store.hit
+        auditor = cls(detector, float(threshold), train.description, train.fingerprint(), skipped, calibration)
+        auditor.workers, auditor.cache_hit = workers, hit
+        return auditor
 
     @classmethod
-    def from_recipe(cls, train: Source, audit: AuditConfig, progress: Progress | None = None) -> Auditor:
-        """`from_source` with a recipe's `audit` settings (detector, threshold, target FPR, index, groups)."""
+    def from_recipe(
+        cls,
+        train: Source,
+        audit: AuditConfig,
+        progress: Progress | None = None,
+        *,
+        threshold: float | None = None,
+        cache: bool | str | Path = False,
+        workers: int | None = None,
+    ) -> Auditor:
+        """`from_source` with a recipe's `audit` settings (detector, threshold, target FPR, index, groups).
+
+        `threshold`: use this value instead of the recipe's, e.g. one a driver calibrated once for all its
+        workers (with `cache=True` a worker then only loads the fitted index). `cache`, `workers`: as in
+        `from_source`.
+        """
         return cls.from_source(
             train,
             audit.embedder,
-            audit.threshold,
+            audit.threshold if threshold is None else threshold,
             progress,
             target_fpr=audit.target_fpr,
             index=audit.index,
             group_by=audit.group_by,
             group_pattern=audit.group_pattern,
+            cache=cache,
+            workers=workers,
         )
 
     def check(self, samples: list[Sample], vectors: np.ndarray | None = None) -> list[Verdict]:
         """Verdicts for a batch of candidates, in order; `vectors`: their `embed` (when the caller needs them too)."""
         verdicts = []
         images = self.images(samples)
-        # A detector written by a caller may not take `vectors`: pass them only when there are some.
-        matched = self.detector.match(images) if vectors is None else self.detector.match(images, vectors=vectors)
-        for similarity, key in matched:
+        # A detector that explains its matches (copydetect) gives evidence too; one written by a caller may not
+        # take `vectors`: pass them only when there are some.
+        match = getattr(self.detector, "match_evidence", None) or self.detector.match
+        # Chunks matched in threads give the serial results in the serial order; only detectors that declare
+        # `parallel_match` (their match only reads the fitted state) are split.
+        workers = self.workers if getattr(self.detector, "parallel_match", False) else 1
+        matched = match_in_chunks(match, images, workers, vectors=vectors)
+        for similarity, key, *evidence in matched:
             value = round(float(np.clip(similarity, -1.0, 1.0)), SIMILARITY_DECIMALS)
-            verdicts.append(Verdict(value, key, value >= self.threshold))
+            verdicts.append(Verdict(value, key, value >= self.threshold, evidence[0] if evidence else None))
         return verdicts
 
     @staticmethod
@@ -166,3 +205,16 @@ class Auditor:
         if self.calibration is not None:
             block["calibration"] = self.calibration
         return {"detector": block}
+
+
+def _calibrated(
+    detector: Detector, train: Source, settings: dict[str, Any], store: FitCache | None, progress: Progress | None
+) -> tuple[float, dict[str, Any]]:
+    """`threshold: auto` for these settings: kept beside the cached fitted detector, else calibrated now."""
+    cached = store.calibration(settings) if store is not None else None
+    if cached is None:
+        grouping = training_groups(train, settings["group_by"], settings["group_pattern"])
+        cached = calibrate(detector, train, target_fpr=settings["target_fpr"], grouping=grouping, progress=progress)
+        if store is not None:
+            store.keep_calibration(settings, float(cached[0]), cached[1])
+    return float(cached[0]), cached[1]

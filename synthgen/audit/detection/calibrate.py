@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from synthgen.audit.detection.detector import SIMILARITY_DECIMALS
+from synthgen.audit.detection.parallel import match_in_chunks
 from synthgen.runtime import Progress
 from synthgen.sources.groups import SequenceNeighbours
 
@@ -77,7 +78,11 @@ def _leave_one_out(
     total = len(wanted)  # counted before `wanted` is used up (else the bar reads 500/0)
 
     def flush() -> None:
-        results = detector.match([image for _, image, _ in batch], [set(skip) for _, _, skip in batch])
+        images, skips = [image for _, image, _ in batch], [set(skip) for _, _, skip in batch]
+        if getattr(detector, "parallel_match", False):  # chunks in threads: the same scores (parallel.py)
+            results = match_in_chunks(detector.match, images, getattr(detector, "workers", None), exclude=skips)
+        else:
+            results = detector.match(images, skips)
         for (key, _, _), (similarity, nearest) in zip(batch, results, strict=True):
             scores.append((key, similarity, nearest))
         excluded.extend(len(skip) - 1 for _, _, skip in batch)

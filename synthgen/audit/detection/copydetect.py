@@ -28,21 +28,25 @@ at least 0.5.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from synthgen.audit.detection.evidence import KEYPOINTS, PIXEL, REGION, Evidence, geometric_evidence, pixel_evidence
 from synthgen.audit.detection.local_features import (
     WORK_SIDE,
     CommonStructure,
-    FeatureExtractor,
     Features,
+    Geometry,
     Vocabulary,
     spread,
-    verify,
+    verify_geometry,
     working_gray,
+    working_size,
 )
+from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
 from synthgen.audit.detection.regions import FINE_SIDE, RegionIndex, tile_boxes
 from synthgen.audit.index.embedders import l2_normalise
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex, batched, source_total
@@ -97,6 +101,7 @@ class CopyDetector:
     """Two-stage copy detector (see the module docstring); `fit` on the training set, then `match` candidates."""
 
     name = "copydetect"
+    parallel_match = True  # match() only reads the fitted state: `Auditor.check` may run chunks in threads
     default_threshold = 0.5
     # `threshold: auto` stays within these: never below the fixed default, and never above the score of
     # 16 consistent matches, which no unrelated frame reached on the bench (a copy regardless of calibration).
@@ -126,8 +131,11 @@ class CopyDetector:
         self.reference_images = reference_images
         self.common_fraction = common_fraction
         self.embedder = ResidualPixelEmbedder()
-        self._extract = FeatureExtractor(max_keypoints=max_keypoints)
+        self.max_keypoints = max_keypoints
+        self.workers: int | None = None  # threads of fit and calibration (None: parallel.worker_count)
+        self._extract = PerThreadExtractor(max_keypoints)
         self.keys: list[str] = []
+        self.sizes: list[tuple[int, int]] = []  # (width, height) of each training image: evidence boxes in its pixels
         self.skipped: list[Skipped] = []
         self.features: list[Features] = []
         self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), 1.5, 0.5)
@@ -148,10 +156,12 @@ class CopyDetector:
         fine: list[Features] = []
         for batch in batched(source, BATCH_SIZE):
             images = [sample.image for sample in batch]
-            self.features.extend(self._extract(working_gray(image)) for image in images)
+            extracted = parallel_map(self._extract_training, images, self.workers)
+            self.features.extend(coarse for coarse, _ in extracted)
             if self.regions is not None:
-                fine.extend(self.regions.extract(image) for image in images)
+                fine.extend(detail for _, detail in extracted if detail is not None)
             self.keys.extend(sample.key for sample in batch)
+            self.sizes.extend(image.size for image in images)
             pixels.append(self.embedder.pixels(images))
             if progress:
                 progress("embedding training images", len(self.keys), total)
@@ -166,19 +176,31 @@ class CopyDetector:
         reference = [self.features[i] for i in spread(len(self.features), self.reference_images)]
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         self.common = CommonStructure.learn(reference, min_images=min_images)
-        self.features = [f.subset(~self.common.mask(f)) for f in self.features]
+        self.features = parallel_map(self._content, self.features, self.workers)
         sample = [self.features[i].floats() for i in spread(len(self.features), 500)]
         self.vocabulary = Vocabulary.train(np.concatenate(sample), self.words)
-        codes = np.stack([self.vocabulary.encode(f) for f in self.features])
+        codes = np.stack(parallel_map(self.vocabulary.encode, self.features, self.workers))
         self._codes = TrainIndex.build(codes, self.keys)
         if self.regions is not None:
+            self.regions.workers = self.workers
             self.regions.fit(fine)
+
+    def _extract_training(self, image: Image.Image) -> tuple[Features, Features | None]:
+        """One training image's keypoints at WORK_SIDE and (with regions) FINE_SIDE: the bulk of `fit`, per thread."""
+        return self._extract(working_gray(image)), self.regions.extract(image) if self.regions is not None else None
 
     def match(
         self, images: list[Image.Image], exclude: list[set[str]] | None = None, vectors: np.ndarray | None = None
     ) -> list[tuple[float, str]]:
         """(similarity, nearest training key) per image; `exclude[i]`: training keys image i may not match;
         `vectors`: the images' `embedder` embeddings when the caller has them (not computed again)."""
+        return [(score, key) for score, key, _ in self.match_evidence(images, exclude, vectors)]
+
+    def match_evidence(
+        self, images: list[Image.Image], exclude: list[set[str]] | None = None, vectors: np.ndarray | None = None
+    ) -> list[tuple[float, str, Evidence | None]]:
+        """`match` plus the evidence of each image's best pair (evidence.py: the transform found, the number of
+        consistent matches, the matched region in both images' pixels); None when nothing matched at all."""
         if not images:
             return []
         if not self.keys or self._codes is None:
@@ -192,23 +214,43 @@ class CopyDetector:
         regions = self._region_candidates(queries + mirrors, exclude + exclude)
         results = []
         for i, (query, mirror) in enumerate(zip(queries, mirrors, strict=True)):
-            best = max(pixel[i].items(), key=lambda item: item[1], default=(self.keys[0], 0.0))
-            best = (best[1], best[0])
-            for features, j in ((query, i), (mirror, len(images) + i)):
+            key, (score, flip) = max(pixel[i].items(), key=lambda item: item[1][0], default=(self.keys[0], (0.0, 0)))
+            best = _Best(score, self._row[key], flip=flip)
+            for features, j, mirrored in ((query, i, False), (mirror, len(images) + i, True)):
                 for key in dict.fromkeys(frames[j] + list(pixel[i])):
-                    matches = verify(features, self.features[self._row[key]])
-                    best = max(best, (geometric_score(matches), key), key=lambda item: item[0])
+                    row = self._row[key]
+                    best.offer(verify_geometry(features, self.features[row]), row, KEYPOINTS, mirrored)
                 for row in regions[j]:
-                    matches = self.regions.verify(features, row) if self.regions else 0
-                    best = max(best, (geometric_score(matches), self.keys[row]), key=lambda item: item[0])
-            results.append((best[0], best[1]))
+                    if self.regions is not None:
+                        best.offer(self.regions.geometry(features, row), row, REGION, mirrored)
+            results.append((best.score, self.keys[best.row], self._evidence(best, images[i], grays[i])))
         return results
+
+    def _evidence(self, best: _Best, image: Image.Image, gray: np.ndarray) -> Evidence | None:
+        """The best pair's evidence in both images' pixels (training size unknown: no training box)."""
+        if best.score <= 0.0:
+            return None
+        size = self.sizes[best.row] if best.row < len(self.sizes) else None
+        if best.geometry is None or best.geometry.matrix is None:
+            return pixel_evidence(best.flip, image.size, size)
+        side = FINE_SIDE if best.kind == REGION else WORK_SIDE
+        geometry = best.geometry
+        return geometric_evidence(
+            best.kind,
+            geometry.matches,
+            geometry.matrix,
+            geometry.inliers if geometry.inliers is not None else np.zeros((0, 2)),
+            mirrored=best.mirrored,
+            candidate=(image.size, (gray.shape[1], gray.shape[0])),
+            train=(size, working_size(size, side)) if size else None,
+            train_side=side,
+        )
 
     def _frame_candidates(self, features: list[Features], exclude: list[set[str]]) -> list[list[str]]:
         """Per query: the `top_k` training keys whose frame VLAD code is nearest, `exclude[i]` left out."""
         assert self._codes is not None
         codes = np.stack([self.vocabulary.encode(f) for f in features])
-        _, hits = self._codes.search(codes, self.top_k + max(len(e) for e in exclude))
+        _, hits = self._codes.search(codes, self.top_k + max(len(e) for e in exclude), stable=True)
         pairs = zip(hits, exclude, strict=True)
         return [[key for key in keys if key not in skip][: self.top_k] for keys, skip in pairs]
 
@@ -252,17 +294,36 @@ class CopyDetector:
 
     def _pixel_candidates(
         self, images: list[Image.Image], exclude: list[set[str]], vectors: np.ndarray | None = None
-    ) -> list[dict[str, float]]:
-        """Per image: training key -> pixel score of the nearest pixel neighbours over the four flips."""
+    ) -> list[dict[str, tuple[float, int]]]:
+        """Per image: training key -> (pixel score, which of _FLIPS gave it) of the nearest pixel neighbours over
+        the four flips."""
         flipped = [image.transpose(flip) for flip in _FLIPS if flip is not None for image in images]
         upright = self.embedder.embed(images) if vectors is None else np.asarray(vectors, np.float32)
         extra = max(len(e) for e in exclude)
         queries = np.concatenate([upright, self.embedder.embed(flipped)])  # flip-major, as _FLIPS lists them
-        similarities, keys = self.index.search(queries, self.pixel_top_k + extra)
-        found: list[dict[str, float]] = [{} for _ in images]
+        similarities, keys = self.index.search(queries, self.pixel_top_k + extra, stable=True)  # chunk-independent
+        found: list[dict[str, tuple[float, int]]] = [{} for _ in images]
         for row, (sims, names) in enumerate(zip(similarities, keys, strict=True)):
-            i = row % len(images)
+            i, flip = row % len(images), row // len(images)
             kept = [(s, k) for s, k in zip(sims, names, strict=True) if k not in exclude[i]][: self.pixel_top_k]
             for similarity, key in kept:
-                found[i][key] = max(found[i].get(key, 0.0), pixel_score(float(similarity)))
+                found[i][key] = max(found[i].get(key, (0.0, 0)), (pixel_score(float(similarity)), flip))
         return found
+
+
+@dataclass
+class _Best:
+    """The best-scoring pair so far of one candidate: a pixel score (with its flip), or a verified geometry."""
+
+    score: float
+    row: int
+    kind: str = PIXEL
+    geometry: Geometry | None = None
+    mirrored: bool = False
+    flip: int = 0
+
+    def offer(self, geometry: Geometry, row: int, kind: str, mirrored: bool) -> None:
+        """Take this pair if it scores higher (ties keep the earlier pair, as retrieval ranked them)."""
+        score = geometric_score(geometry.matches)
+        if score > self.score:
+            self.score, self.row, self.kind, self.geometry, self.mirrored = score, row, kind, geometry, mirrored

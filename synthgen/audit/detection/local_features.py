@@ -34,7 +34,7 @@ _MATCHER = cv2.BFMatcher(cv2.NORM_L2)
 # turns). Unrelated images of round scenes (lumen, scope edge) otherwise match under any rotation.
 ROTATION_STEP = 90.0
 MAX_ROTATION = 30.0
-MAX_SCALE = 3.5  # verify() accepts transforms that shrink or grow by at most this much (by default)
+MAX_SCALE = 3.5  # verify_geometry() accepts transforms that shrink or grow by at most this much (by default)
 
 
 @dataclass
@@ -60,10 +60,15 @@ EMPTY = Features(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
 def working_gray(image: Image.Image, side: int = WORK_SIDE) -> np.ndarray:
     """8-bit grey image whose longest side is `side` (area-averaged when shrinking)."""
     gray = image.convert("L")
-    scale = side / max(gray.size)
-    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    size = working_size(gray.size, side)
+    resample = Image.Resampling.BOX if side < max(gray.size) else Image.Resampling.BILINEAR
     return np.asarray(gray.resize(size, resample))
+
+
+def working_size(size: tuple[int, int], side: int = WORK_SIDE) -> tuple[int, int]:
+    """(width, height) of an image of `size` scaled so that its longest side is `side`."""
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def spread(n: int, at_most: int) -> list[int]:
@@ -89,22 +94,36 @@ class FeatureExtractor:
         return Features(points, quantised)
 
 
-def verify(
+@dataclass(frozen=True)
+class Geometry:
+    """What verification found: the consistent matches, and (when there are some) the similarity transform
+    (2x3, query working px -> training working px) and the query keypoints it explains."""
+
+    matches: int
+    matrix: np.ndarray | None = None
+    inliers: np.ndarray | None = None
+
+
+NO_GEOMETRY = Geometry(0)
+
+
+def verify_geometry(
     query: Features,
     train: Features,
     *,
     ratio: float = 0.8,
     tolerance: float = 2.0,
     scales: tuple[float, float] = (1 / MAX_SCALE, MAX_SCALE),
-) -> int:
-    """Matches of `query` that one similarity transform maps onto `train` within `tolerance` px (0 if none).
+) -> Geometry:
+    """Matches of `query` that one similarity transform maps onto `train` within `tolerance` px (0 if none),
+    with the transform and its inlier query points (the verdict's evidence).
 
     Each training keypoint counts once (its best match), and transforms whose scale (query to training
     pixels) lies outside `scales` are rejected (RANSAC otherwise "explains" many matches by collapsing them
     onto one point), as are rotations more than MAX_ROTATION from a quarter turn.
     """
     if len(query) < 3 or len(train) < 3:
-        return 0
+        return NO_GEOMETRY
     pairs = _MATCHER.knnMatch(query.floats(), train.floats(), k=2)
     good = sorted(
         (m[0].distance, m[0].queryIdx, m[0].trainIdx)
@@ -119,18 +138,22 @@ def verify(
             src.append(query.points[q])
             dst.append(train.points[t])
     if len(src) < 3:
-        return 0
+        return NO_GEOMETRY
+    source = np.array(src)
     transform, inliers = cv2.estimateAffinePartial2D(
-        np.array(src), np.array(dst), method=cv2.RANSAC, ransacReprojThreshold=tolerance, maxIters=1000
+        source, np.array(dst), method=cv2.RANSAC, ransacReprojThreshold=tolerance, maxIters=1000
     )
     if transform is None or inliers is None:
-        return 0
+        return NO_GEOMETRY
     scale = math.sqrt(abs(float(np.linalg.det(transform[:, :2]))))
     if not scales[0] <= scale <= scales[1]:
-        return 0
+        return NO_GEOMETRY
     angle = math.degrees(math.atan2(float(transform[1, 0]), float(transform[0, 0])))
     off = abs((angle + ROTATION_STEP / 2) % ROTATION_STEP - ROTATION_STEP / 2)
-    return int(inliers.sum()) if off <= MAX_ROTATION else 0
+    if off > MAX_ROTATION:
+        return NO_GEOMETRY
+    kept = inliers.ravel().astype(bool)
+    return Geometry(int(kept.sum()), transform, source[kept])
 
 
 class Vocabulary:

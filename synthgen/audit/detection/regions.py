@@ -29,13 +29,14 @@ from synthgen.audit.detection.local_features import (
     MAX_SCALE,
     WORK_SIDE,
     CommonStructure,
-    FeatureExtractor,
     Features,
+    Geometry,
     Vocabulary,
     spread,
-    verify,
+    verify_geometry,
     working_gray,
 )
+from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
 
 FINE_SIDE = 2 * WORK_SIDE
 TILE = 0.4  # tile side, as a fraction of the frame's side
@@ -69,7 +70,9 @@ class RegionIndex:
         self.top_k = top_k
         self.reference_images = reference_images
         self.common_fraction = common_fraction
-        self._extract = FeatureExtractor(max_keypoints=max_keypoints)
+        self.max_keypoints = max_keypoints
+        self.workers: int | None = None  # fit's threads (parallel.py); the copy detector sets its own
+        self._extract = PerThreadExtractor(max_keypoints)  # fit extracts in threads
         self.features: list[Features] = []
         tolerance = 1.5 * FINE_SIDE / WORK_SIDE
         self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), tolerance, 0.5)
@@ -89,20 +92,25 @@ class RegionIndex:
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         tolerance = self.common.position_tolerance
         self.common = CommonStructure.learn(reference, min_images=min_images, position_tolerance=tolerance)
-        self.features = [f.subset(~self.common.mask(f)) for f in features]
+        self.features = parallel_map(lambda f: f.subset(~self.common.mask(f)), features, self.workers)
         sample = np.concatenate([self.features[i].floats() for i in spread(len(self.features), 500)])
         self.vocabulary = Vocabulary.train(sample, self.words, dims=self.dims)
         codes, owner = [], []
-        boxes = np.array(tile_boxes(), np.float32) * FINE_SIDE
-        for row, fine in enumerate(self.features):
-            for x0, y0, x1, y1 in boxes:
-                x, y = fine.points[:, 0], fine.points[:, 1]
-                inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-                if inside.sum() >= MIN_TILE_KEYPOINTS:
-                    codes.append(self.vocabulary.encode(fine.subset(inside)))
-                    owner.append(row)
+        for row, tiles in enumerate(parallel_map(self._tile_codes, self.features, self.workers)):
+            codes.extend(tiles)
+            owner.extend([row] * len(tiles))
         self.owner = np.array(owner, np.int64)
         self.codes, self.scales = _quantise(np.stack(codes) if codes else np.zeros((0, self.vocabulary.dim)))
+
+    def _tile_codes(self, fine: Features) -> list[np.ndarray]:
+        """Vocabulary codes of one frame's tiles that hold at least MIN_TILE_KEYPOINTS keypoints, in tile order."""
+        codes = []
+        x, y = fine.points[:, 0], fine.points[:, 1]
+        for x0, y0, x1, y1 in np.array(tile_boxes(), np.float32) * FINE_SIDE:
+            inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+            if inside.sum() >= MIN_TILE_KEYPOINTS:
+                codes.append(self.vocabulary.encode(fine.subset(inside)))
+        return codes
 
     def encode(self, features: list[Features]) -> np.ndarray:
         """(n, dim) tile-vocabulary codes of query keypoints (found at WORK_SIDE)."""
@@ -132,7 +140,11 @@ class RegionIndex:
 
     def verify(self, query: Features, row: int) -> int:
         """Consistent matches of `query` (keypoints at WORK_SIDE) with the fine keypoints of training `row`."""
-        return verify(query, self.features[row], scales=FINE_SCALES)
+        return self.geometry(query, row).matches
+
+    def geometry(self, query: Features, row: int) -> Geometry:
+        """`verify` with the transform found (onto the FINE_SIDE frame): the verdict's evidence."""
+        return verify_geometry(query, self.features[row], scales=FINE_SCALES)
 
 
 def _quantise(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

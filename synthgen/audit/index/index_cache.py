@@ -7,7 +7,8 @@ rows, memory-mapped on load) and index.faiss (approximate kinds). Entries are wr
 folder and renamed into place, so no reader sees half an entry; an entry that fails any check is a miss.
 
 Built on train_index.py (`cached_index` is `TrainIndex.from_source` with this cache); nothing below imports it.
-Neither the build nor `synthgen audit` uses it yet.
+The audit's detectors reach it through detection/fit_cache.py (`FitCache`), which also keeps copydetect's
+fitted state and the calibrations; the build and `synthgen audit` fit through it.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def load_entry(entry: Path, key: str, dim: int, kind: IndexKind, use_gpu: bool |
         keys = json.loads(keys_blob)
         n = int(meta["n"])
         store = VectorStore.open(entry / "vectors.f32", n, dim)
-        if _file_crc32(entry / "vectors.f32") != meta["vectors_crc32"] or len(keys) != n:
+        if file_crc32(entry / "vectors.f32") != meta["vectors_crc32"] or len(keys) != n:
             raise ValueError("vectors.f32 checksum mismatch")
         index = TrainIndex(dim, kind=kind, use_gpu=use_gpu)
         index._store, index.keys, index.cache_hit = store, keys, True
@@ -190,7 +191,7 @@ def _load_approximate(index: TrainIndex, entry: Path) -> None:
             faiss.write_index(index._approx, str(tmp))
 
 
-def _file_crc32(path: Path, block: int = 1 << 24) -> int:
+def file_crc32(path: Path, block: int = 1 << 24) -> int:
     crc = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(block):

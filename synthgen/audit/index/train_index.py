@@ -9,6 +9,7 @@ An index built once can be kept on disk: index_cache.py (`cached_index`), which 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +29,7 @@ __all__ = ["AUTO_EXACT_MAX", "BATCH_SIZE", "INDEX_KINDS", "IndexKind", "TrainInd
 T = TypeVar("T")
 BATCH_SIZE = 256
 QUERY_BLOCK = 4096
+STABLE_MARGIN = 8  # extra neighbours a `stable` search re-scores, so float noise cannot move the k-th one out
 
 
 def batched(items: Iterable[T], size: int = BATCH_SIZE) -> Iterator[list[T]]:
@@ -81,6 +83,7 @@ class TrainIndex:
         self._approx: Any = None  # the CPU approximate index, when built
         self._approx_gpu: Any = None  # its GPU copy, when a GPU is used
         self._approx_kind: str | None = None
+        self._lock = threading.Lock()  # searches may come from several threads (the audit's pool)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -117,9 +120,10 @@ class TrainIndex:
     def build_index(self) -> TrainIndex:
         """Build the approximate index now (searches build it on demand); returns self."""
         kind = self.resolved_kind
-        if kind != "exact" and len(self) and (self._approx is None or self._approx_kind != kind):
-            self._approx = backends.build_approximate(kind, self._store.view())
-            self._approx_kind, self._approx_gpu = kind, None
+        with self._lock:  # two threads searching a fresh index build it once
+            if kind != "exact" and len(self) and (self._approx is None or self._approx_kind != kind):
+                self._approx = backends.build_approximate(kind, self._store.view())
+                self._approx_kind, self._approx_gpu = kind, None
         return self
 
     @classmethod
@@ -157,8 +161,18 @@ class TrainIndex:
         self.skipped = list(source.skipped)
         self._store.flush()
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, list[list[str]]]:
-        """Top-`k` training neighbours of each query: (n, k) exact similarities (descending) and their keys."""
+    def search(self, queries: np.ndarray, k: int = 1, *, stable: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-`k` training neighbours of each query: (n, k) exact similarities (descending) and their keys.
+
+        `stable`: each query's answer does not depend on the other queries of the batch (FAISS's BLAS path
+        rounds the last bits differently for other batch shapes), so an audit split into chunks for threads
+        gives the same numbers as the whole batch: `STABLE_MARGIN` extra neighbours re-scored row by row.
+        """
+        if stable and len(self):
+            wanted = min(k, len(self))
+            sims, ids = self.search_ids(queries, min(len(self), wanted + STABLE_MARGIN))
+            sims, ids = backends.rerank(self._store.view(), _as_matrix(queries, self.dim), ids, wanted)
+            return sims, [[self.keys[i] for i in row] for row in ids]
         similarities, ids = self.search_ids(queries, k)
         keys = [[self.keys[i] for i in row] for row in ids]
         return similarities, keys
@@ -191,9 +205,10 @@ class TrainIndex:
         if self.on_gpu and kind == "ivf":
             fetch, gpu_ok = backends.gpu_plan(k, fetch)
             if gpu_ok:
-                if self._approx_gpu is None:
-                    self._approx_gpu = backends.to_gpu(self._approx)
-                index = self._approx_gpu
+                with self._lock:
+                    if self._approx_gpu is None:
+                        self._approx_gpu = backends.to_gpu(self._approx)
+                    index = self._approx_gpu
         backends.set_search_params(index, kind, fetch, self.nprobe, self.ef_search)
         _, ids = index.search(queries, fetch)
         return np.asarray(ids, dtype=np.int64)

@@ -17,7 +17,7 @@ import numpy as np
 
 from synthgen.atomic import atomic_path, write_json, write_text
 from synthgen.audit.report.html_report import GalleryItem, render_report, thumbnail_png
-from synthgen.audit.report.summary import AuditRow, build_summary
+from synthgen.audit.report.summary import AuditRow, audit_table, build_summary, evidence_fields, row_from_state
 from synthgen.sample import Sample
 from synthgen.sources.base import Skipped, Source
 
@@ -47,10 +47,11 @@ class AuditLog:
             flagged=verdict.flagged,
             dropped=dropped,
             attempt=attempt,
+            **evidence_fields(verdict.evidence),
         )
         self.rows.append(row)
         rank = (row.flagged, row.similarity, -len(self.rows))  # ties: earlier candidates first
-        self._keep(rank, len(self.rows) - 1, lambda: thumbnail_png(sample.image))
+        self._keep(rank, len(self.rows) - 1, lambda: thumbnail_png(sample.image, box=row.candidate_box))
 
     def extend(self, samples: Iterable[Sample], verdicts: Iterable[Verdict]) -> None:
         for sample, verdict in zip(samples, verdicts, strict=True):
@@ -66,7 +67,7 @@ class AuditLog:
     def merge(self, state: dict[str, Any]) -> None:
         """Append the rows (and thumbnails) of another log's `state()`."""
         offset = len(self.rows)
-        self.rows.extend(AuditRow(**row) for row in state["rows"])
+        self.rows.extend(row_from_state(row) for row in state["rows"])
         for index_text, encoded in state["thumbnails"].items():
             index = offset + int(index_text)
             row = self.rows[index]
@@ -99,7 +100,6 @@ class AuditLog:
 
         `extra` adds caller facts to the summary (the build adds its `action`: flag or drop).
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         out_dir = Path(out_dir)
@@ -117,19 +117,8 @@ class AuditLog:
         )
         summary.update(auditor.summary_block())
         summary.update(extra or {})
-        table = pa.table(
-            {
-                "key": pa.array([r.key for r in self.rows], pa.string()),
-                "label": pa.array([r.label for r in self.rows], pa.string()),
-                "nearest_train_key": pa.array([r.nearest_train_key for r in self.rows], pa.string()),
-                "similarity": pa.array([r.similarity for r in self.rows], pa.float64()),
-                "flagged": pa.array([r.flagged for r in self.rows], pa.bool_()),
-                "dropped": pa.array([r.dropped for r in self.rows], pa.bool_()),
-                "attempt": pa.array([r.attempt for r in self.rows], pa.int32()),
-            }
-        )
         with atomic_path(out_dir / "audit.parquet") as tmp:
-            pq.write_table(table, tmp)
+            pq.write_table(audit_table(self.rows), tmp)
         write_json(out_dir / "summary.json", summary)
 
         items = self.gallery()
@@ -148,6 +137,6 @@ def _attach_training_thumbnails(items: list[GalleryItem], train: Source) -> None
         wanted.setdefault(item.row.nearest_train_key, []).append(item)
     for sample in train:
         for item in wanted.pop(sample.key, []):
-            item.train_thumbnail = thumbnail_png(sample.image)
+            item.train_thumbnail = thumbnail_png(sample.image, box=item.row.train_box)
         if not wanted:
             break

@@ -6,21 +6,16 @@ appear only on explicit request because they are the private data the audit prot
 
 from __future__ import annotations
 
-import base64
-import io
-from dataclasses import dataclass
 from html import escape
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from synthgen.audit.report.gallery import GalleryItem, gallery_html, img_tag, thumbnail_png
 from synthgen.audit.report.plots import bars_svg, histogram_svg, roc_svg
-from synthgen.audit.report.summary import AuditRow
 
 __all__ = ["CSS", "GalleryItem", "img_tag", "render_report", "thumbnail_png"]
 
-THUMBNAIL_SIZE = 96
 MAX_SKIPPED_ROWS = 200
 
 CSS = """
@@ -37,31 +32,8 @@ figure.flagged{border-color:#b00} figcaption{word-break:break-all}
 .hidden{display:inline-flex;align-items:center;justify-content:center;width:96px;height:96px;vertical-align:top;
  background:repeating-linear-gradient(45deg,#eee,#eee 6px,#f8f8f8 6px,#f8f8f8 12px);color:#666;text-align:center}
 dt{font-weight:bold;margin-top:.5em} dd{margin-left:1.2em}
+.why{font-weight:600} .where{color:#555} .why,.where{word-break:normal;overflow-wrap:anywhere}
 """
-
-
-@dataclass
-class GalleryItem:
-    """A candidate shown in the report: its row, its thumbnail and (if allowed) its nearest training image."""
-
-    row: AuditRow
-    thumbnail: bytes
-    train_thumbnail: bytes | None = None
-
-
-def thumbnail_png(image: Image.Image, size: int = THUMBNAIL_SIZE) -> bytes:
-    """A small PNG of `image` (longest side `size`), small enough to embed many in one HTML file."""
-    small = image.convert("RGB")
-    small.thumbnail((size, size), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    small.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def img_tag(png: bytes, alt: str, width: int = THUMBNAIL_SIZE) -> str:
-    """An inline PNG (a data URI): the report stays one file that renders offline."""
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="{width}">'
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -94,41 +66,6 @@ def _label_table(per_label: dict[str, dict[str, Any]]) -> str:
         for label, s in per_label.items()
     )
     return f"<table>{head}{rows}</table>"
-
-
-def _gallery(items: list[GalleryItem], n_flagged: int, show_training_images: bool) -> str:
-    if not items:
-        return "<p>No candidates.</p>"
-    if n_flagged:
-        intro = f"<p>{len(items)} of {n_flagged} flagged candidates, most similar first.</p>"
-    else:
-        intro = f"<p>No candidate was flagged. The {len(items)} most similar candidates:</p>"
-    if not show_training_images:
-        intro += (
-            '<p class="note">Training images are hidden for privacy; only their keys are shown. '
-            "Run <code>synthgen audit --show-training-images</code> to show them side by side.</p>"
-        )
-    figures = []
-    for item in items:
-        row = item.row
-        images = img_tag(item.thumbnail, f"candidate {row.key}") + " "
-        if not show_training_images:
-            images += (
-                '<span class="hidden" title="run with --show-training-images to show it">training image hidden</span>'
-            )
-        elif item.train_thumbnail:
-            images += img_tag(item.train_thumbnail, f"training {row.nearest_train_key}")
-        else:
-            images += '<span class="hidden">training image not found</span>'
-        status = "flagged" if row.flagged else "not flagged"
-        status += ", dropped" if row.dropped else ""
-        figures.append(
-            f'<figure class="{"flagged" if row.flagged else ""}">{images}<figcaption>'
-            f"<b>{row.similarity:.4f}</b> ({status})<br>candidate: {escape(row.key)}"
-            f"{f' [{escape(row.label)}]' if row.label else ''}<br>"
-            f"nearest training: {escape(row.nearest_train_key)}</figcaption></figure>"
-        )
-    return intro + f'<div class="grid">{"".join(figures)}</div>'
 
 
 def _skipped_table(title: str, items: list[dict[str, str]]) -> str:
@@ -285,7 +222,7 @@ flagged as possible copies.<br><i>{escape(summary["similarity_meaning"])}</i></p
 <h2>Per label</h2>
 {_label_table(summary["per_label"])}
 <h2>{"Flagged candidates" if summary["n_flagged"] else "Most similar candidates"}</h2>
-{_gallery(items, summary["n_flagged"], show)}
+{gallery_html(items, summary["n_flagged"], show)}
 <h2>Skipped items</h2>
 {_skipped_table("Training", skipped["train"]["items"])}
 {_skipped_table("Candidates", skipped["candidates"]["items"])}"""

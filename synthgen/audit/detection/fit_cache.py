@@ -1,0 +1,265 @@
+"""The fitted detector kept on disk, so a training set is indexed (and `threshold: auto` calibrated) once, not on
+every build or `synthgen audit`.
+
+copydetect keeps its whole fitted state (every frame's keypoints, the common structure, both vocabularies, the
+frame and tile codes, the pixel embeddings) in `copydetect-<key>/state.npz` + `meta.json`; embedding detectors
+use index_cache.py (`cached_index`). Both live under `cache_root()/audit-index`. The key covers the training
+data's fingerprint, the detector's settings, the code that fits it (sha256 of its modules' source) and the
+versions of synthgen, OpenCV, FAISS and numpy, so any change gives a new entry. Entries are written into a
+temporary folder and renamed into place; an entry that fails a check (checksum, shape, missing file) is
+rebuilt, never trusted. Calibrations sit beside the fitted state, one file per calibration setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from synthgen.atomic import write_json
+from synthgen.audit.detection.copydetect import CopyDetector, ResidualPixelEmbedder
+from synthgen.audit.detection.detector import Detector, EmbeddingDetector
+from synthgen.audit.detection.local_features import CommonStructure, Features, Vocabulary
+from synthgen.audit.index.index_cache import cache_key, cached_index, default_cache_dir, file_crc32
+from synthgen.audit.index.train_index import TrainIndex
+from synthgen.runtime import Progress
+
+if TYPE_CHECKING:
+    from synthgen.sources.base import Source
+
+CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
+_HERE = Path(__file__).parent
+FIT_CODE = ("copydetect.py", "local_features.py", "regions.py", "fit_cache.py")  # what the fitted state depends on
+CALIBRATION_CODE = ("calibrate.py", "grouping.py", "../../sources/groups.py")
+
+
+def code_version(files: tuple[str, ...]) -> str:
+    """sha256 of these modules' source and of the libraries' versions whose output they store."""
+    import cv2
+    import faiss
+
+    from synthgen import __version__
+
+    digest = hashlib.sha256(f"{__version__} {cv2.__version__} {faiss.__version__} {np.__version__}".encode())
+    for name in files:
+        digest.update((_HERE / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _settings(detector: CopyDetector) -> dict[str, Any]:
+    names = ("top_k", "pixel_top_k", "max_keypoints", "words", "reference_images", "common_fraction")
+    settings: dict[str, Any] = {name: getattr(detector, name) for name in names}
+    if detector.regions is not None:
+        names = ("max_keypoints", "words", "dims", "top_k", "reference_images", "common_fraction")
+        settings["regions"] = {name: getattr(detector.regions, name) for name in names}
+    return settings
+
+
+def copydetect_key(fingerprint: str, detector: CopyDetector) -> str:
+    code = code_version(FIT_CODE)
+    blob = {"format": CACHE_FORMAT, "data": fingerprint, "settings": _settings(detector), "code": code}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class FitCache:
+    """Fit a detector through the cache in `root`, then keep its calibrations beside it (`entry`)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = default_cache_dir() if root is None else Path(root)
+        self.entry: Path | None = None  # the fitted detector's entry (None: not cached)
+        self.hit = False
+
+    def fit(self, detector: Detector, source: Source, progress: Progress | None = None) -> None:
+        """`detector.fit(source)`, or its cached state (then the source is not read and its `skipped` restored)."""
+        try:
+            fingerprint = source.fingerprint()
+        except (NotImplementedError, OSError):  # a source that cannot say when it changed is never cached
+            detector.fit(source, progress)
+            return
+        if isinstance(detector, EmbeddingDetector):
+            kind = detector.index_kind
+            detector.index = cached_index(source, detector.embedder, cache_dir=self.root, kind=kind, progress=progress)  # type: ignore[arg-type]
+            detector.skipped = list(source.skipped)
+            self.entry, self.hit = self.root / cache_key(fingerprint, detector.embedder, kind), detector.index.cache_hit
+        elif isinstance(detector, CopyDetector):
+            key = copydetect_key(fingerprint, detector)
+            self.entry = self.root / f"copydetect-{key}"
+            self.hit = _load(detector, self.entry, key)
+            if self.hit:
+                source.skipped = list(detector.skipped)
+                if progress:
+                    progress("loaded cached training index", detector.n_train, detector.n_train)
+            else:
+                detector.fit(source, progress)
+                _save(detector, self.entry, key)
+        else:
+            detector.fit(source, progress)
+
+    def calibration(self, settings: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
+        """The stored (threshold, calibration record) for these settings, or None (absent or damaged)."""
+        path = self._calibration_path(settings)
+        if path is None or not path.is_file():
+            return None
+        try:
+            stored = json.loads(path.read_text())
+            payload = json.dumps(stored["payload"], sort_keys=True)
+            if hashlib.sha256(payload.encode()).hexdigest() != stored["sha256"]:
+                raise ValueError("checksum mismatch")
+            return float(stored["payload"]["threshold"]), dict(stored["payload"]["calibration"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring damaged cached calibration %s: %s", path, error)
+            return None
+
+    def keep_calibration(self, settings: dict[str, Any], threshold: float, calibration: dict[str, Any]) -> None:
+        path = self._calibration_path(settings)
+        if path is None or not path.parent.is_dir():
+            return
+        payload = json.loads(json.dumps({"threshold": threshold, "calibration": calibration}, default=str))
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        try:
+            write_json(path, {"payload": payload, "sha256": digest})
+        except OSError as error:
+            log.warning("could not cache the calibration in %s: %s", path, error)
+
+    def _calibration_path(self, settings: dict[str, Any]) -> Path | None:
+        if self.entry is None:
+            return None
+        blob = json.dumps({"settings": settings, "code": code_version(CALIBRATION_CODE)}, sort_keys=True, default=str)
+        return self.entry / f"calibration-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+
+
+def _flat(features: list[Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    lengths = [len(f) for f in features]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    points = np.concatenate([f.points for f in features] or [np.zeros((0, 2), np.float32)])
+    descriptors = np.concatenate([f.descriptors for f in features] or [np.zeros((0, 128), np.uint8)])
+    return points, descriptors, offsets
+
+
+def _unflat(points: np.ndarray, descriptors: np.ndarray, offsets: np.ndarray) -> list[Features]:
+    return [Features(points[a:b], descriptors[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def _vocabulary_arrays(prefix: str, vocabulary: Vocabulary) -> dict[str, np.ndarray]:
+    arrays = {f"{prefix}centroids": vocabulary.centroids}
+    if vocabulary.projection is not None:
+        arrays[f"{prefix}proj_mean"], arrays[f"{prefix}proj_matrix"] = vocabulary.projection
+    return arrays
+
+
+def _vocabulary(prefix: str, arrays: dict[str, np.ndarray]) -> Vocabulary:
+    projection = None
+    if f"{prefix}proj_mean" in arrays:
+        projection = (arrays[f"{prefix}proj_mean"], arrays[f"{prefix}proj_matrix"])
+    return Vocabulary(arrays[f"{prefix}centroids"], projection)
+
+
+def _state(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The fitted copydetect as arrays + JSON-able facts (what `_restore` reads back)."""
+    assert detector._codes is not None
+    arrays: dict[str, np.ndarray] = {"pixel_mean": detector.embedder.mean, "pixel_vectors": detector.index.vectors}
+    arrays["codes"] = detector._codes.vectors
+    arrays["points"], arrays["descriptors"], arrays["offsets"] = _flat(detector.features)
+    arrays["common_points"], arrays["common_descriptors"] = detector.common.points, detector.common.descriptors
+    arrays.update(_vocabulary_arrays("vocab_", detector.vocabulary))
+    common = {"frame": [detector.common.position_tolerance, detector.common.distance]}
+    regions = detector.regions
+    if regions is not None:
+        arrays["r_points"], arrays["r_descriptors"], arrays["r_offsets"] = _flat(regions.features)
+        arrays["r_common_points"], arrays["r_common_descriptors"] = regions.common.points, regions.common.descriptors
+        arrays.update(_vocabulary_arrays("r_vocab_", regions.vocabulary))
+        arrays["r_codes"], arrays["r_scales"], arrays["r_owner"] = regions.codes, regions.scales, regions.owner
+        common["regions"] = [regions.common.position_tolerance, regions.common.distance]
+    facts = {
+        "keys": detector.keys,
+        "sizes": [list(size) for size in detector.sizes],
+        "skipped": [{"key": s.key, "reason": s.reason} for s in detector.skipped],
+        "common": common,
+    }
+    return arrays, facts
+
+
+def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[str, Any]) -> None:
+    from synthgen.sources.base import Skipped
+
+    keys = [str(key) for key in facts["keys"]]
+    detector.keys, detector._row = keys, {key: row for row, key in enumerate(keys)}
+    detector.sizes = [(int(w), int(h)) for w, h in facts["sizes"]]
+    detector.skipped = [Skipped(str(s["key"]), str(s["reason"])) for s in facts["skipped"]]
+    detector.embedder = ResidualPixelEmbedder(arrays["pixel_mean"])
+    detector.index = TrainIndex.build(arrays["pixel_vectors"], keys)
+    detector._codes = TrainIndex.build(arrays["codes"], keys)
+    detector.features = _unflat(arrays["points"], arrays["descriptors"], arrays["offsets"])
+    detector.common = CommonStructure(arrays["common_points"], arrays["common_descriptors"], *facts["common"]["frame"])
+    detector.vocabulary = _vocabulary("vocab_", arrays)
+    regions = detector.regions
+    if regions is not None:
+        regions.features = _unflat(arrays["r_points"], arrays["r_descriptors"], arrays["r_offsets"])
+        tolerance, distance = facts["common"]["regions"]
+        regions.common = CommonStructure(arrays["r_common_points"], arrays["r_common_descriptors"], tolerance, distance)
+        regions.vocabulary = _vocabulary("r_vocab_", arrays)
+        regions.codes, regions.scales, regions.owner = arrays["r_codes"], arrays["r_scales"], arrays["r_owner"]
+
+
+def _save(detector: CopyDetector, entry: Path, key: str) -> None:
+    """Write the fitted state into a temporary folder and rename it into place; a failure only logs."""
+    if not detector.n_train:
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    except OSError as error:
+        log.warning("audit index cache %s is not writable (%s); indexing without it", entry.parent, error)
+        return
+    try:
+        arrays, facts = _state(detector)
+        np.savez(tmp / "state.npz", **arrays)
+        shapes = {name: list(array.shape) for name, array in arrays.items()}
+        meta = {"format": CACHE_FORMAT, "key": key, "crc32": file_crc32(tmp / "state.npz"), "shapes": shapes}
+        (tmp / "facts.json").write_text(json.dumps(facts))
+        meta["facts_sha256"] = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (a valid one would have loaded)
+        os.replace(tmp, entry)
+    except OSError as error:  # a full disk or a concurrent writer: the fitted detector is still good
+        log.warning("could not cache the audit index in %s: %s", entry, error)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load(detector: CopyDetector, entry: Path, key: str) -> bool:
+    """Restore the fitted state from `entry`; False (and the detector untouched) when absent or damaged."""
+    if not (entry / "meta.json").is_file():
+        return False
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        if (meta["format"], meta["key"]) != (CACHE_FORMAT, key):
+            raise ValueError("metadata does not match the requested index")
+        if file_crc32(entry / "state.npz") != meta["crc32"]:
+            raise ValueError("state.npz checksum mismatch")
+        facts_blob = (entry / "facts.json").read_bytes()
+        if hashlib.sha256(facts_blob).hexdigest() != meta["facts_sha256"]:
+            raise ValueError("facts.json checksum mismatch")
+        with np.load(entry / "state.npz", allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        if {name: list(array.shape) for name, array in arrays.items()} != meta["shapes"]:
+            raise ValueError("array shapes do not match")
+        facts = json.loads(facts_blob)
+        if len(facts["keys"]) != len(arrays["pixel_vectors"]):
+            raise ValueError("keys and vectors differ in number")
+        fresh = copy.copy(detector)  # restored aside: a failure half-way leaves `detector` unfitted, not mixed
+        fresh.regions = copy.copy(detector.regions)
+        _restore(fresh, arrays, facts)
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        log.warning("ignoring damaged audit index cache %s: %s", entry, error)
+        return False
+    detector.__dict__.update(fresh.__dict__)
+    return True
