@@ -4,11 +4,14 @@
     python bench/bench_generation.py --device cuda --preset base --resolution 256 --dtype bf16 --batch 32 --build
     python bench/bench_generation.py --model path/to/pipeline --images 64 --batch 8      # an existing pipeline
 
-Paths timed on the same model, same jobs (classes x prompts), steps, guidance, batch and resolution:
+Paths timed on the same model, same jobs (classes x prompts), steps, guidance and resolution; the stock loop and
+the UNet alone run at `--batch` (16), synthgen at its own `sampling.batch_size` (`--synthgen-batch`, default
+`auto`: synthgen's choice, the point being that its denoiser must beat the stock configuration's):
 
 - synthgen: `synthgen.generate.Generator.generate` on the plan's jobs (what `synthgen build` runs per shard;
-  PIL images plus provenance, no files), and with `--build` the whole `synthgen build` CLI in a fresh process
-  (import, model load and hash, generation, Parquet + WebDataset shards with PNGs, manifest, card; audit off);
+  PIL images, PNG bytes and provenance, no files), and with `--build` the whole `synthgen build` CLI in a fresh
+  process (import, model load and hash, generation, Parquet + WebDataset shards with PNGs, manifest, card; audit
+  off); with `--ablate` also synthgen with one lever off each (stock batch, no finishing thread, no prompt cache);
 - stock: a per-class loop of `StableDiffusionPipeline` calls (DDIM) saving each image as a PNG, like a user
   script (also reported without the PNG saving);
 - UNet alone: the UNet forward calls of the same jobs (steps x batches, batch doubled for CFG), nothing else.
@@ -127,15 +130,25 @@ def _prepare(cfg: BenchConfig, device, dtype_name: str, threads: int, work: Path
 
 
 def _time_paths(cfg: BenchConfig, pipeline, model_path: Path, recipe, resolution: int, device, work: Path, log: Log):
-    """Every in-process path `cfg.repeats` times, interleaved; the median run of each, plus stock without PNGs."""
-    runs: dict[str, list[dict[str, Any]]] = {"synthgen": [], "stock": [], "unet": []}
+    """Every in-process path `cfg.repeats` times, interleaved; the median run of each, plus stock without PNGs.
+
+    Each repeat starts one path later than the one before (a rotation), so on a machine whose load drifts no
+    path always runs first or last.
+    """
+    timers: dict[str, Callable[[int], dict[str, Any]]] = {
+        "synthgen": lambda repeat: time_synthgen(pipeline, model_path, recipe, device),
+    }
+    for name, (variant, options) in _ablations(cfg, recipe).items():
+        timers[name] = lambda repeat, v=variant, o=options: time_synthgen(pipeline, model_path, v, device, **o)
+    timers["stock"] = lambda repeat: time_stock(pipeline, cfg, resolution, device, work / f"stock-png-{repeat}")
+    timers["unet"] = lambda repeat: time_unet(pipeline, cfg, resolution, device)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in timers}
+    names = list(timers)
     for repeat in range(cfg.repeats):
-        log(f"repeat {repeat + 1}/{cfg.repeats}: synthgen Generator.generate")
-        runs["synthgen"].append(time_synthgen(pipeline, model_path, recipe, device))
-        log(f"repeat {repeat + 1}/{cfg.repeats}: stock per-class StableDiffusionPipeline loop (PNGs)")
-        runs["stock"].append(time_stock(pipeline, cfg, resolution, device, work / f"stock-png-{repeat}"))
-        log(f"repeat {repeat + 1}/{cfg.repeats}: UNet alone")
-        runs["unet"].append(time_unet(pipeline, cfg, resolution, device))
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            log(f"repeat {repeat + 1}/{cfg.repeats}: {PATH_LABELS[name].strip()}")
+            runs[name].append(timers[name](repeat))
     paths = {name: _median_of(values) for name, values in runs.items()}
     stock = paths["stock"]
     without_png = stock["seconds"] - stock["png_seconds"]
@@ -145,6 +158,18 @@ def _time_paths(cfg: BenchConfig, pipeline, model_path: Path, recipe, resolution
         "images_per_s": stock["images"] / without_png,
     }
     return paths
+
+
+def _ablations(cfg: BenchConfig, recipe) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """With `--ablate`: synthgen with one lever off each (the stock batch; no finishing thread; no prompt cache)."""
+    if not cfg.ablate:
+        return {}
+    stock_batch = recipe.model_copy(update={"sampling": recipe.sampling.model_copy(update={"batch_size": cfg.batch})})
+    return {
+        "synthgen_stock_batch": (stock_batch, {}),
+        "synthgen_no_overlap": (recipe, {"overlap": False}),
+        "synthgen_no_prompt_cache": (recipe, {"prompt_cache": False}),
+    }
 
 
 def _time_build(recipe_data: dict[str, Any], work: Path, log: Log) -> dict[str, Any]:
@@ -228,7 +253,10 @@ def run_benchmark(cfg: BenchConfig, log: Log = print) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- the report
 
 PATH_LABELS = {
-    "synthgen": "synthgen Generator.generate",
+    "synthgen": "synthgen Generator.generate (+ PNGs)",
+    "synthgen_stock_batch": "  same, at the stock batch size",
+    "synthgen_no_overlap": "  same, no finishing thread",
+    "synthgen_no_prompt_cache": "  same, no prompt cache",
     "build": "synthgen build (whole process, audit off)",
     "stock": "stock per-class diffusers loop + PNGs",
     "stock_no_png": "  same, without the PNG saving",
@@ -279,11 +307,17 @@ def _summary_lines(ratios: dict[str, float], c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _synthgen_batch(result: dict[str, Any]) -> str:
+    run = result["paths"]["synthgen"]
+    return f"{run['batch']} ({result['config']['synthgen_batch']}), overlap {run['overlap']}"
+
+
 def format_report(result: dict[str, Any]) -> str:
     cfg = result["config"]
     header = [
         f"{result['model']}: {cfg['images']} images at {cfg['resolution']} px, {cfg['steps']} DDIM steps, "
-        f"guidance {cfg['guidance']}, batch {cfg['batch']}, {cfg['dtype']} on {result['device_name']}",
+        f"guidance {cfg['guidance']}, batch {cfg['batch']} (synthgen: {_synthgen_batch(result)}), "
+        f"{cfg['dtype']} on {result['device_name']}, {result['threads']} CPU threads",
         f"{'path':<44}{'seconds':>9}{'images/s':>10}{'vs stock':>10}{'peak GiB':>10}{'GPU util':>10}",
     ]
     lines = header + _path_rows(result["paths"]) + _summary_lines(result["ratios"], result["compute"])
@@ -302,7 +336,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[BenchConfig, str | None]:
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="the stock loop's and the UNet-alone batch")
+    parser.add_argument("--synthgen-batch", default="auto", help="synthgen's sampling.batch_size (default: auto)")
+    parser.add_argument("--ablate", action="store_true", help="also time synthgen with each lever off")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 on CUDA, else fp32")
     parser.add_argument("--build", action="store_true", help="also time the whole `synthgen build` process")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path; the median is reported")

@@ -29,7 +29,9 @@ class BenchConfig:
     images: int = 48
     steps: int = 25
     guidance: float = 3.5
-    batch: int = 16
+    batch: int = 16  # the stock loop's and the UNet-alone path's batch
+    synthgen_batch: str = "auto"  # synthgen's `sampling.batch_size` (auto: its own choice) or a number
+    ablate: bool = False  # also time synthgen with each lever off (batch as stock, no overlap, no prompt cache)
     dtype: str | None = None  # fp32 | bf16; default bf16 on CUDA, fp32 elsewhere
     build: bool = False  # also time the whole `synthgen build` CLI in a fresh process
     repeats: int = 1  # each path runs this many times; the median is reported
@@ -137,7 +139,7 @@ def recipe_dict(cfg: BenchConfig, model_path: Path, device, resolution: int, out
             "steps": cfg.steps,
             "guidance_scale": cfg.guidance,
             "resolution": resolution,
-            "batch_size": cfg.batch,
+            "batch_size": cfg.synthgen_batch if cfg.synthgen_batch == "auto" else int(cfg.synthgen_batch),
             "seed": 0,
             "device": device.type,
         },

@@ -24,17 +24,27 @@ from gpu_timing import UtilSampler, peak_gib, reset_peak, sync
 REPO = Path(__file__).resolve().parent.parent
 
 
-def time_synthgen(pipeline, model_path: Path, recipe, device) -> dict[str, Any]:
-    """synthgen's Generator.generate over the plan's jobs (the build's generation path)."""
+def time_synthgen(pipeline, model_path: Path, recipe, device, **options: Any) -> dict[str, Any]:
+    """synthgen's Generator.generate over the plan's jobs (the build's generation path).
+
+    `options` go to the Generator (`overlap`, `prompt_cache`); each batch's PNGs are encoded in its `finish`
+    step, where `synthgen build` encodes them.
+    """
     from synthgen.generate import Generator
     from synthgen.models.loading import LoadedModel
+    from synthgen.output.writers import pre_encode
     from synthgen.plan import make_plan
 
     jobs = list(make_plan(recipe).jobs)
     loaded = LoadedModel(pipeline, "bench", "0" * 64, Path(model_path), {})
     provenance = {"recipe_name": recipe.name, "recipe_sha256": "0" * 64, "model_id": "bench", "model_sha256": "0" * 64}
-    generator = Generator(loaded, recipe.sampling, provenance)
-    generator.generate(jobs[: recipe.sampling.batch_size])  # warm-up: kernels, allocator, caches
+    generator = Generator(loaded, recipe.sampling, provenance, **options)
+    generator.generate(jobs[: generator.batch_size])  # warm-up: kernels, allocator, caches
+
+    def encode(samples: list[Any]) -> None:
+        for sample in samples:
+            pre_encode(sample, "png")
+
     marks: list[float] = []
 
     def progress(*_: object) -> None:  # called after each batch; only the moment counts
@@ -45,7 +55,7 @@ def time_synthgen(pipeline, model_path: Path, recipe, device) -> dict[str, Any]:
     with UtilSampler(device) as util:
         sync(device)
         started = time.perf_counter()
-        samples = generator.generate(jobs, progress)
+        samples = generator.generate(jobs, progress, finish=encode)
         sync(device)
         seconds = time.perf_counter() - started
     assert len(samples) == len(jobs)
@@ -54,6 +64,9 @@ def time_synthgen(pipeline, model_path: Path, recipe, device) -> dict[str, Any]:
         "seconds": seconds,
         "images": len(jobs),
         "median_batch_s": statistics.median(batches) if batches else None,
+        "batch": generator.batch_size,
+        "overlap": generator.overlap,
+        "prompt_cache": generator.prompts is not None,
         "peak_gib": peak_gib(device),
         "gpu_util": util.mean,
     }

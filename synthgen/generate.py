@@ -6,16 +6,21 @@ only on (model, prompt, seed, sampler settings), not on batch size, batch neighb
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
+from synthgen.generation.batching import auto_batch_size, numerics_record
+from synthgen.generation.overlap import Finisher
+from synthgen.generation.prompts import PromptEmbeddings, caches_prompts
 from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
-from synthgen.runtime import use_cpu_threads
+from synthgen.runtime import ray_cpus, use_cpu_threads
 from synthgen.sample import Sample
 
 SCHEDULERS = {
@@ -84,10 +89,35 @@ def size_multiple(pipeline) -> int:
     return scale * 2 if getattr(pipeline, "transformer", None) is not None and is_flow_matching(pipeline) else scale
 
 
-class Generator:
-    """Turns jobs into samples with provenance; one instance per (model, sampling settings)."""
+def _spare_cpu(device: Any) -> bool:
+    """Whether a finishing thread would get hardware of its own: on CUDA, or a CPU beyond torch's threads."""
+    import torch
 
-    def __init__(self, model: LoadedModel, sampling: SamplingConfig, provenance: dict[str, Any]):
+    if getattr(device, "type", str(device)) == "cuda":
+        return True
+    given = ray_cpus()  # a Ray worker's allocation, else the affinity mask (a scheduler's or container's share)
+    if given is None:
+        given = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return given > torch.get_num_threads()
+
+
+class Generator:
+    """Turns jobs into samples with provenance; one instance per (model, sampling settings).
+
+    Speed without new numerics (docs/performance.md): each unique prompt is encoded once (SD-style pipelines),
+    and while the denoiser samples batch k+1 a worker thread decodes batch k, makes its PIL images and runs
+    the caller's `finish` step on them. `overlap` None: on when a CPU is free beside torch's threads, or on CUDA.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        sampling: SamplingConfig,
+        provenance: dict[str, Any],
+        *,
+        overlap: bool | None = None,
+        prompt_cache: bool = True,
+    ):
         use_cpu_threads()
         self.model = model
         self.sampling = sampling
@@ -111,6 +141,16 @@ class Generator:
             )
         if sampling.negative_prompt and "negative_prompt" not in self._accepts:
             raise SynthgenError(f"sampling.negative_prompt: {type(pipeline).__name__} takes no negative prompt")
+        sd_style = caches_prompts(pipeline, self._accepts)
+        self.prompts = (
+            PromptEmbeddings(pipeline, sampling.negative_prompt, sampling.guidance_scale > 1)
+            if sd_style and prompt_cache
+            else None
+        )
+        self._split_decode = sd_style  # latents from the pipeline, decoded where the batch is finished
+        size = sampling.batch_size
+        self.batch_size = auto_batch_size(pipeline, self.resolution, pipeline.device) if size == "auto" else size
+        self.overlap = _spare_cpu(pipeline.device) if overlap is None else overlap
 
     def _call_kwargs(self, jobs: list[Job]) -> dict[str, Any]:
         import torch
@@ -122,35 +162,74 @@ class Generator:
             "generator": [torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
             "height": self.resolution,
             "width": self.resolution,
-            "output_type": "pil",
+            "output_type": "latent" if self._split_decode else "pil",
             # Two-stage (Kandinsky): the prior that maps text to an image embedding gets the same settings.
             "prior_num_inference_steps": self.sampling.steps,
             "prior_guidance_scale": self.sampling.guidance_scale,
         }
         if self.sampling.negative_prompt:
             kwargs["negative_prompt"] = [self.sampling.negative_prompt] * len(jobs)
+        if self.prompts is not None:
+            del kwargs["prompt"]
+            kwargs.pop("negative_prompt", None)
+            kwargs.update(self.prompts.call_kwargs([job.prompt for job in jobs]))
         return {k: v for k, v in kwargs.items() if k in self._accepts}
 
-    def generate(self, jobs: list[Job], progress: Callable[[int, int], None] | None = None) -> list[Sample]:
-        """Sample `jobs` in batches of `sampling.batch_size`; returns samples in job order.
+    def generate(
+        self,
+        jobs: list[Job],
+        progress: Callable[[int, int], None] | None = None,
+        finish: Callable[[list[Sample]], None] | None = None,
+    ) -> list[Sample]:
+        """Sample `jobs` in batches of `batch_size`; returns samples in job order.
 
-        `progress(done, total)` is called after each batch.
+        `progress(done, total)` is called after each finished batch. `finish(samples)` runs on each batch as soon
+        as its images exist, on the worker thread when overlapping (a build encodes and audits there).
         """
         import torch
 
         samples: list[Sample] = []
-        size = self.sampling.batch_size
-        for start in range(0, len(jobs), size):
-            batch = jobs[start : start + size]
-            kwargs = self._call_kwargs(batch)
-            with torch.inference_mode():
-                if "negative_prompt" in kwargs and hasattr(self.model.pipeline, "prior_pipe"):
-                    images = self._prior_then_decoder(batch, kwargs)
-                else:
-                    images = self.model.pipeline(**kwargs).images
-            samples.extend(self._sample(job, image) for job, image in zip(batch, images, strict=True))
-            if progress:
-                progress(len(samples), len(jobs))
+
+        def collect(batches: list[list[Sample]]) -> None:
+            for batch in batches:
+                samples.extend(batch)
+                if progress:
+                    progress(len(samples), len(jobs))
+
+        with Finisher(self.overlap) as finisher:
+            for start in range(0, len(jobs), self.batch_size):
+                batch = jobs[start : start + self.batch_size]
+                with torch.inference_mode():
+                    images = self._denoise(batch)
+                finisher.submit(functools.partial(self._finish, batch, images, finish))
+                collect(finisher.ready())
+            collect(finisher.drain())
+        return samples
+
+    def _denoise(self, jobs: list[Job]) -> Callable[[], list[Any]]:
+        """Run the sampler on `jobs`; returns what makes their PIL images (decoding latents, for SD-style)."""
+        kwargs = self._call_kwargs(jobs)
+        pipeline = self.model.pipeline
+        if "negative_prompt" in kwargs and hasattr(pipeline, "prior_pipe"):
+            images = self._prior_then_decoder(jobs, kwargs)
+        else:
+            images = pipeline(**kwargs).images
+        if self._split_decode:
+            return functools.partial(self._decode, images, kwargs["generator"])
+        return lambda: images
+
+    def _decode(self, latents: Any, generators: list[Any]) -> list[Any]:
+        """StableDiffusionPipeline's own last steps (VAE decode, no safety checker, postprocess to PIL)."""
+        pipe = self.model.pipeline
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+        return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * image.shape[0])
+
+    def _finish(self, jobs: list[Job], images: Callable[[], list[Any]], finish) -> list[Sample]:
+        made = images()
+        numerics = numerics_record(self.model.pipeline, len(jobs), self.prompts is not None)
+        samples = [self._sample(job, image, numerics) for job, image in zip(jobs, made, strict=True)]
+        if finish is not None:
+            finish(samples)
         return samples
 
     def _prior_then_decoder(self, jobs: list[Job], kwargs: dict[str, Any]) -> list[Any]:
@@ -180,7 +259,7 @@ class Generator:
             output_type="pil",
         ).images
 
-    def _sample(self, job: Job, image) -> Sample:
+    def _sample(self, job: Job, image, numerics: str | None = None) -> Sample:
         metadata = {
             **self.provenance,
             "label": job.label,
@@ -193,6 +272,7 @@ class Generator:
             "height": image.height,
             "audit_attempt": job.attempt,
             "synthgen_version": __version__,
+            "sampling_numerics": numerics,
         }
         image = image.convert(self.mode)  # diffusers returns "L" for a one-channel VAE; the rest stays RGB
         return Sample(key=job.key, image=image, text=job.prompt, label=job.label, metadata=metadata)

@@ -36,6 +36,7 @@ PROVENANCE_SCHEMA: pa.Schema = pa.schema(
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
         pa.field("synthgen_version", pa.string(), nullable=False),
+        pa.field("sampling_numerics", pa.string()),  # JSON: batch, device, dtype, attention, versions
         pa.field("created_at", pa.string(), nullable=False),
         pa.field("audit_embedder", pa.string()),
         pa.field("audit_threshold", pa.float32()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,24 +74,49 @@ def pick_dtype(device):
 
 
 def cpu_threads() -> int:
-    """The CPU threads synthgen may use: $SYNTHGEN_THREADS, else $OMP_NUM_THREADS, else the CPUs this process
-    may run on (its affinity mask: a batch scheduler's or container's share, not the whole machine)."""
-    for variable in ("SYNTHGEN_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(variable, "").strip()
-        if variable == "OMP_NUM_THREADS":
-            value = value.split(",")[0].strip()  # "8,2" sets nested OpenMP levels: the outer one is ours
-        if value:
-            try:
-                count = int(value)
-            except ValueError:
-                raise SynthgenError(f"{variable}: must be a whole number of threads, got {value!r}") from None
-            if count < 1:
-                raise SynthgenError(f"{variable}: must be at least 1, got {count}")
-            return count
+    """The CPU threads synthgen may use: $SYNTHGEN_THREADS, else the CPUs Ray gave this task or actor, else
+    $OMP_NUM_THREADS, else the CPUs this process may run on (its affinity mask: a batch scheduler's or
+    container's share, not the whole machine)."""
+    count = _thread_variable("SYNTHGEN_THREADS") or ray_cpus() or _thread_variable("OMP_NUM_THREADS")
+    if count:
+        return count
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS and Windows have no affinity mask
         return max(1, os.cpu_count() or 1)
+
+
+def _thread_variable(variable: str) -> int | None:
+    """A thread count from the environment (None when unset); a bad one is a one-line error naming it."""
+    value = os.environ.get(variable, "").strip()
+    if variable == "OMP_NUM_THREADS":
+        value = value.split(",")[0].strip()  # "8,2" sets nested OpenMP levels: the outer one is ours
+    if not value:
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise SynthgenError(f"{variable}: must be a whole number of threads, got {value!r}") from None
+    if count < 1:
+        raise SynthgenError(f"{variable}: must be at least 1, got {count}")
+    return count
+
+
+def ray_cpus() -> int | None:
+    """The CPUs Ray allotted to this task or actor (at least 1), or None outside a Ray worker.
+
+    Ray is looked at only when something already imported it: synthgen itself never starts it here."""
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        if context.worker.mode != ray.WORKER_MODE:  # the driver has no allocation of its own
+            return None
+        cpus = context.get_assigned_resources().get("CPU")
+    except Exception:  # an unexpected Ray version: fall back to the other sources
+        return None
+    return max(1, int(cpus)) if cpus else None
 
 
 def set_cpu_threads(value: int | str, name: str = "--threads") -> int:
@@ -113,8 +139,6 @@ def use_cpu_threads(libraries: tuple[str, ...] = ("torch",)) -> int:
     every core, slow a step down many times over. Each library named in `libraries` ("torch", "faiss", "cv2")
     is imported and limited; one already imported is limited too; the others are left unloaded.
     """
-    import sys
-
     count = cpu_threads()
     for name, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads"), ("cv2", "setNumThreads")):
         module = sys.modules.get(name)

@@ -23,3 +23,6 @@ class Sample:
     text: str = ""
     label: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The image already encoded for the shards (`output.writers.encoded_bytes` keys: "png", "jpeg:95"), made
+    # while the next batch samples so the shard writer does not encode again.
+    encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)

@@ -2,10 +2,15 @@
 
 Shared by every engine that runs shards (the local loop in `build`, and workers elsewhere): it holds no files
 and no output folder, only the generator and the auditor, and returns the kept samples plus the audit log.
+Each batch is encoded for the shards and audited as soon as its images exist (on the generator's finishing
+thread, while the next batch samples); verdicts are then applied in job order, so the result is the same as
+generating everything first and auditing after.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -32,12 +37,14 @@ class ShardBuilder:
         pending: list[Job] = list(shard.jobs)
         audit = self.recipe.audit
         while pending:
-            samples = self._generate(pending)
+            verdicts: dict[str, Any] = {}
+            samples = self._generate(pending, verdicts if log is not None else None)
             if log is None:
                 kept.update((s.key, s) for s in samples)
                 break
             retry: list[Job] = []
-            for job, sample, verdict in zip(pending, samples, self.auditor.check(samples), strict=True):
+            for job, sample in zip(pending, samples, strict=True):
+                verdict = verdicts[sample.key]
                 sample.metadata.update(self.auditor.sample_metadata(verdict))
                 drop = verdict.flagged and audit.action == "drop"
                 log.add(sample, verdict, dropped=drop, attempt=job.attempt)
@@ -50,5 +57,25 @@ class ShardBuilder:
             pending = retry
         return [kept[job.key] for job in shard.jobs if job.key in kept], log
 
-    def _generate(self, jobs: list[Job]) -> list[Sample]:
-        return self.generator().generate(jobs, lambda done, total: self.reporter.progress("generating", done, total))
+    def _finish(self, verdicts: dict[str, Any] | None) -> Callable[[list[Sample]], None]:
+        """What happens to each batch where its images are made: encoding for the shards, then the audit check."""
+        from synthgen.output.writers import pre_encode
+
+        output = self.recipe.output
+
+        def finish(samples: list[Sample]) -> None:
+            for sample in samples:
+                pre_encode(sample, output.image_format, output.jpeg_quality)
+            if verdicts is not None:
+                verdicts.update((s.key, v) for s, v in zip(samples, self.auditor.check(samples), strict=True))
+
+        return finish
+
+    def _generate(self, jobs: list[Job], verdicts: dict[str, Any] | None) -> list[Sample]:
+        generator, finish = self.generator(), self._finish(verdicts)
+        progress = functools.partial(self.reporter.progress, "generating")
+        if "finish" in inspect.signature(generator.generate).parameters:
+            return generator.generate(jobs, progress, finish=finish)
+        samples = generator.generate(jobs, progress)  # a generator of another kind (tests): finish afterwards
+        finish(samples)
+        return samples

@@ -38,13 +38,14 @@ REQUIRED = dict(
 def test_schema_order_and_types() -> None:
     assert PROVENANCE_FIELDS[:4] == ["label", "prompt", "seed", "recipe_name"]
     assert PROVENANCE_FIELDS[-3:] == ["audit_attempt", "dp_epsilon", "dp_delta"]
-    assert len(PROVENANCE_FIELDS) == 21
+    assert len(PROVENANCE_FIELDS) == 22
     types = {f.name: f.type for f in PROVENANCE_SCHEMA}
     assert types["seed"] == pa.int64() and types["steps"] == pa.int32()
     assert types["guidance_scale"] == pa.float32() and types["dp_epsilon"] == pa.float64()
     assert types["audit_flagged"] == pa.bool_()
     nullable = {f.name for f in PROVENANCE_SCHEMA if f.nullable}
     assert nullable == {
+        "sampling_numerics",
         "audit_embedder",
         "audit_threshold",
         "audit_similarity",

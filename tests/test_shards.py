@@ -144,7 +144,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
     shard_set = ShardSet(tmp_path, classes=CLASSES)
     shard_set.write_shard(0, make_samples(3))
     calls = {"n": 0}
-    real_encode = shard_set_module.encode_image
+    real_encode = shard_set_module.encoded_bytes
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -152,7 +152,7 @@ def test_failure_mid_shard_leaves_nothing(tmp_path, monkeypatch) -> None:
             raise RuntimeError("disk on fire")
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(shard_set_module, "encode_image", flaky)
+    monkeypatch.setattr(shard_set_module, "encoded_bytes", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         shard_set.write_shard(1, make_samples(4, seed=1))
     assert shard_set.is_complete(0) and not (tmp_path / "data/shard-00001.parquet").exists()

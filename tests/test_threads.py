@@ -1,5 +1,6 @@
-"""CPU threads (issue 13): `--threads N` > $SYNTHGEN_THREADS > $OMP_NUM_THREADS > the affinity mask, and every
-library synthgen drives (torch, FAISS, OpenCV) gets that count. Nothing here is timed."""
+"""CPU threads (issue 13, issue 10): `--threads N` > $SYNTHGEN_THREADS > a Ray worker's CPU allocation >
+$OMP_NUM_THREADS > the affinity mask, and every library synthgen drives (torch, FAISS, OpenCV) gets that count.
+Nothing here is timed."""
 
 from __future__ import annotations
 
@@ -43,6 +44,33 @@ def test_synthgen_threads_alone_also_sizes_openmp(clean_env: pytest.MonkeyPatch)
     clean_env.setenv("OMP_NUM_THREADS", "8")
     assert CliRunner().invoke(app, ["schema"]).exit_code == 0
     assert os.environ["OMP_NUM_THREADS"] == "5"
+
+
+def _fake_ray(mode: int, cpus: float | None) -> object:
+    """Just enough of Ray for `runtime.ray_cpus`: a worker (mode 1) or a driver (mode 0) with `cpus` allotted."""
+    from types import SimpleNamespace
+
+    context = SimpleNamespace(
+        worker=SimpleNamespace(mode=mode), get_assigned_resources=lambda: {} if cpus is None else {"CPU": cpus}
+    )
+    return SimpleNamespace(WORKER_MODE=1, is_initialized=lambda: True, get_runtime_context=lambda: context)
+
+
+def test_a_ray_worker_takes_the_cpus_ray_gave_it(clean_env: pytest.MonkeyPatch) -> None:
+    """Inside a Ray task or actor: Ray's CPU allocation, before OMP_NUM_THREADS (which a cluster's nodes may
+    export for every process) and the affinity mask (the whole node); SYNTHGEN_THREADS still wins."""
+    import sys
+
+    clean_env.setenv("OMP_NUM_THREADS", "4")
+    clean_env.setitem(sys.modules, "ray", _fake_ray(1, 3.0))
+    assert cpu_threads() == 3
+    clean_env.setitem(sys.modules, "ray", _fake_ray(1, 0.5))  # a fraction of a CPU is still one thread
+    assert cpu_threads() == 1
+    clean_env.setitem(sys.modules, "ray", _fake_ray(0, None))  # the driver: no allocation of its own
+    assert cpu_threads() == 4
+    clean_env.setitem(sys.modules, "ray", _fake_ray(1, 3.0))
+    clean_env.setenv("SYNTHGEN_THREADS", "2")
+    assert cpu_threads() == 2
 
 
 @pytest.mark.parametrize(("value", "message"), [("0", "at least 1"), ("-2", "at least 1"), ("two", "a whole number")])

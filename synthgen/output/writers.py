@@ -137,6 +137,21 @@ def encode_image(image: Image.Image, fmt: str, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
+def _encoding_key(fmt: str, quality: int) -> str:
+    return "png" if fmt == "png" else f"{fmt}:{int(quality)}"
+
+
+def pre_encode(sample: Sample, fmt: str, quality: int = 95) -> None:
+    """Encode `sample.image` now (a build does it on its finishing thread) and keep the bytes on the sample."""
+    sample.encoded[_encoding_key(fmt, quality)] = encode_image(sample.image, fmt, quality)
+
+
+def encoded_bytes(sample: Sample, fmt: str, quality: int = 95) -> bytes:
+    """The sample's image in `fmt`: the bytes `pre_encode` kept, else encoded now (the same function, same bytes)."""
+    kept = sample.encoded.get(_encoding_key(check_image_format(fmt), quality))
+    return kept if kept is not None else encode_image(sample.image, fmt, quality)
+
+
 def sample_provenance(sample: Sample) -> dict[str, Any]:
     """The sample's validated provenance; only PROVENANCE_FIELDS leave `metadata` (see provenance.py)."""
     values = {k: v for k, v in sample.metadata.items() if k in PROVENANCE_FIELDS}
@@ -185,7 +200,7 @@ class ShardWriter:
             raise
 
     def write(self, sample: Sample) -> None:
-        data = encode_image(sample.image, self.image_format, self.jpeg_quality)
+        data = encoded_bytes(sample, self.image_format, self.jpeg_quality)
         self.write_encoded(sample.key, data, sample_provenance(sample))
 
     def write_encoded(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:

@@ -256,7 +256,11 @@ class SamplingConfig(_Strict):
     resolution: Annotated[int, Field(gt=0, multiple_of=8)] | None = Field(
         None, description="Output side in pixels, a multiple of 8; default: the model's."
     )
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="Images per sampler call; auto: synthgen's choice for the device and image size (48 at 64 px "
+        "on a CPU). Recorded per sample (sampling_numerics): float rounding may depend on it.",
+    )
     seed: int = Field(0, description="Base seed; every sample's own seed derives from it.")
     negative_prompt: str = ""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
