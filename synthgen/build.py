@@ -1,9 +1,11 @@
-"""`synthgen build`: recipe → plan → model → generate → audit → write, one shard at a time.
+"""`synthgen build`: recipe → plan → model → generate → audit → write, shard by shard.
 
 Shard `i` of the plan is the unit of work and of resumption: a shard is either completely on disk (files plus
-a marker with their checksums) or redone. The audit log of each finished shard is kept beside its marker, so
-the final report covers every shard even when the build was interrupted and resumed; the privacy metrics (and
-the holdout share, with `audit.holdout`) are measured in a final pass over the finished shards.
+a marker with their checksums) or redone. An engine (`engines/`: this process, or Ray actors) runs the shards;
+this process alone holds the folder's lock and writes markers, audit state and the manifest. The audit log of
+each finished shard is kept beside its marker, so the final report covers every shard even when the build was
+interrupted and resumed; the privacy metrics (and the holdout share, with `audit.holdout`) are measured in a
+final pass over the finished shards.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from synthgen import __version__
-from synthgen.atomic import atomic_path, write_json
+from synthgen.atomic import atomic_path
+from synthgen.engines import Engine, ModelRef, ShardRun
+from synthgen.engines.local import LocalEngine
 from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
 from synthgen.plan import Plan, make_plan
@@ -66,7 +70,8 @@ def _auditor(loaded: LoadedRecipe, reporter: Reporter):
     spec = loaded.recipe.audit_data()
     if spec is None:
         return None
-    auditor = Auditor.from_recipe(open_source(spec, loaded.base_dir), loaded.recipe.audit, reporter.progress)
+    source = open_source(spec, loaded.base_dir)
+    auditor = Auditor.from_recipe(source, loaded.recipe.audit, reporter.progress, cache=True)  # kept on disk
     if auditor.train_skipped:
         first = auditor.train_skipped[0]
         reporter.log(
@@ -84,10 +89,12 @@ def build(
     overwrite: bool = False,
     reporter: Reporter | None = None,
     export_model: bool | None = None,
+    engine: Engine | None = None,
 ) -> BuildResult:
     """Build (or resume) the dataset a recipe describes; returns what was written.
 
     `export_model` (None: the recipe's `output.export_model`) puts the model folder into the set as `model/`.
+    `engine` runs the shards (None: this process; `engines.make_engine("ray", address)`: a Ray cluster).
     """
     from synthgen.generate import Generator
     from synthgen.models.loading import load_model, read_model_info
@@ -126,34 +133,14 @@ def build(
             out, output.formats, output.image_format, output.jpeg_quality, classes=list(recipe.classes)
         )
         builder = ShardBuilder(loaded, generator, auditor, reporter)
-        records, written, resumed = _run_shards(folder, plan, shard_set, builder, reporter)
+        model_ref = ModelRef(str(resolved.path), resolved.model_id, model_sha256, resolved.allow_pickle)
+        run = ShardRun(loaded, folder, plan, shard_set, builder, model_ref, provenance, reporter)
+        done = (engine or LocalEngine()).run(run)
+        records, written, resumed = done.records, done.written, done.resumed
         result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model, reporter.progress)
         result.eval_summary = _evaluate(loaded, out, records, read_model_info(resolved.path), reporter)
     result.shards_written, result.shards_resumed = written, resumed
     return result
-
-
-def _run_shards(folder: OutputFolder, plan: Plan, shard_set, builder: ShardBuilder, reporter: Reporter):
-    """Generate, audit and write every shard that is not provably complete; returns (records, written, resumed)."""
-    from synthgen.output.shard_set import load_completed
-
-    on_disk = load_completed(folder.path)  # each finished shard's files are hashed once, here
-    records = {}
-    written = resumed = 0
-    for shard in plan.shards:
-        state_file = folder.audit_state(shard.index)
-        previous = on_disk.get(shard.index)
-        if shard_set.is_complete(shard.index, previous) and (builder.auditor is None or state_file.is_file()):
-            records[shard.index] = previous
-            resumed += 1
-        else:
-            samples, log = builder.run(shard)
-            records[shard.index] = shard_set.write_shard(shard.index, samples)
-            if log is not None:
-                write_json(state_file, log.state())
-            written += 1
-        reporter.progress("shards", written + resumed, len(plan.shards))
-    return records, written, resumed
 
 
 def _finish(

@@ -140,15 +140,33 @@ def build(
             "default: the recipe's output.export_model.",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where the shards are made: local (this process) or ray (actors on a Ray cluster, one per GPU; "
+            "needs pip install 'synthgen\\[ray]'; docs/ray.md)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: "
+            "$RAY_ADDRESS, else a Ray instance on this machine."
+        ),
+    ] = None,
 ) -> None:
     """Build the dataset a recipe describes (resumes an interrupted build in the same folder)."""
     from synthgen.build import build as run_build
+    from synthgen.engines import make_engine
     from synthgen.validate import validate_recipe
 
+    runner = make_engine(engine, address)  # a missing Ray is one line here, before anything is read
     loaded = _load(recipe)
     _print_warnings(validate_recipe(loaded, out_dir, overwrite))
     with reporting() as reporter:
-        result = run_build(loaded, out_dir, overwrite=overwrite, reporter=reporter, export_model=export_model)
+        result = run_build(
+            loaded, out_dir, overwrite=overwrite, reporter=reporter, export_model=export_model, engine=runner
+        )
     from rich.table import Table
 
     out.print(

@@ -1,7 +1,8 @@
 """Resumable shard sets: shard `i` written in every format, all or nothing, and proof of which are complete.
 
 `ShardSet.write_shard` writes a shard through every format's writer (temp files), renames them into place,
-then writes a small JSON marker. A shard counts as done only when its marker exists and every recorded
+then writes a small JSON marker (`write_files` then `write_marker`: a Ray worker writes the files, the driver the
+marker). A shard counts as done only when its marker exists and every recorded
 file still has the recorded sha256, so an interrupted or tampered run redoes exactly the shards that are
 not provably complete.
 """
@@ -26,7 +27,7 @@ from synthgen.output.writers import (
     ShardWriter,
     check_classes,
     check_image_format,
-    encode_image,
+    encoded_bytes,
     sample_provenance,
 )
 from synthgen.provenance import sha256_file
@@ -59,11 +60,16 @@ def _valid_record(out_dir: Path, marker: Path) -> ShardRecord | None:
         record = ShardRecord.from_dict(json.loads(marker.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return record if files_match(out_dir, record) else None
+
+
+def files_match(out_dir: Path, record: ShardRecord) -> bool:
+    """Whether every file `record` names is on disk with the recorded size and sha256."""
     for shard in record.files:
         path = out_dir / shard.path
         if not path.is_file() or path.stat().st_size != shard.bytes or sha256_file(path) != shard.sha256:
-            return None
-    return record
+            return False
+    return True
 
 
 def load_completed(out_dir: str | Path) -> dict[int, ShardRecord]:
@@ -106,26 +112,52 @@ class ShardSet:
         return record is not None and record.index == index and set(self.formats) <= record.formats
 
     def write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
-        """Write shard `index` in every format; on any error no file of this shard and no marker remain.
+        """Write shard `index` in every format, then its marker; on any error no file of this shard and no
+        marker remain. Returns the record its marker holds (files with sha256, keys, class counts).
 
-        Returns the record its marker holds (files with sha256, keys, class counts). A full disk is a
-        one-line SynthgenError naming the file and the folder (a rerun, once there is space, resumes).
+        The same as `write_files` (a Ray worker's half) followed by `write_marker` (the driver's half).
         """
+        OutputFolder(self.out_dir).marker(index).unlink(missing_ok=True)  # it no longer describes what is on disk
+        record = self.write_files(index, samples)
+        self.write_marker(record)
+        return record
+
+    def write_files(self, index: int, samples: list[Sample]) -> ShardRecord:
+        """Write shard `index`'s files (all formats, renamed into place together) and return their record; no
+        marker: until one is written the shard counts as not done. On any error none of its files remain.
+
+        A full disk is a one-line SynthgenError naming the file and the folder (a rerun, once there is space,
+        resumes)."""
         try:
-            return self._write_shard(index, samples)
+            return self._write_files(index, samples)
         except OSError as error:
             if error.errno not in DISK_FULL:
                 raise
-            files = [f"{WRITERS[fmt].folder}/shard-{index:05d}.{WRITERS[fmt].suffix}" for fmt in self.formats]
-            where = os.path.relpath(error.filename, self.out_dir) if error.filename else " and ".join(files)
-            raise SynthgenError(
-                f"output.dir: no space left on device writing {where} (shard {index}) in {self.out_dir}; "
-                "free some space and run the same command again: finished shards are kept"
-            ) from None
+            raise self._disk_full(error, index) from None
 
-    def _write_shard(self, index: int, samples: list[Sample]) -> ShardRecord:
-        marker = OutputFolder(self.out_dir).marker(index)
-        marker.unlink(missing_ok=True)  # the old marker no longer describes what is on disk
+    def write_marker(self, record: ShardRecord) -> None:
+        """Write the marker that makes shard `record.index` complete (last, after its files); if that fails,
+        the shard's files go too, so no file without a marker is left from this run."""
+        try:
+            write_json(OutputFolder(self.out_dir).marker(record.index), asdict(record))
+        except BaseException as error:
+            OutputFolder(self.out_dir).marker(record.index).unlink(missing_ok=True)
+            for file in record.files:
+                (self.out_dir / file.path).unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                raise self._disk_full(error, record.index) from None
+            raise
+
+    def _disk_full(self, error: OSError, index: int) -> SynthgenError:
+        """A full disk as one line naming the file and the folder."""
+        files = [f"{WRITERS[fmt].folder}/shard-{index:05d}.{WRITERS[fmt].suffix}" for fmt in self.formats]
+        where = os.path.relpath(error.filename, self.out_dir) if error.filename else " and ".join(files)
+        return SynthgenError(
+            f"output.dir: no space left on device writing {where} (shard {index}) in {self.out_dir}; "
+            "free some space and run the same command again: finished shards are kept"
+        )
+
+    def _write_files(self, index: int, samples: list[Sample]) -> ShardRecord:
         writers: list[ShardWriter] = []
         try:
             for fmt in self.formats:
@@ -134,7 +166,7 @@ class ShardSet:
                 )
             labels: Counter[str] = Counter()
             for sample in samples:
-                data = encode_image(sample.image, self.image_format, self.jpeg_quality)
+                data = encoded_bytes(sample, self.image_format, self.jpeg_quality)
                 record = sample_provenance(sample)
                 labels[record["label"]] += 1
                 for writer in writers:
@@ -148,13 +180,10 @@ class ShardSet:
         try:
             for writer in writers:
                 writer.commit()
-            done = ShardRecord(index, files, [s.key for s in samples], dict(sorted(labels.items())))
-            write_json(marker, asdict(done))
         except BaseException:
-            marker.unlink(missing_ok=True)
             self._remove_files(writers)
             raise
-        return done
+        return ShardRecord(index, files, [s.key for s in samples], dict(sorted(labels.items())))
 
     @staticmethod
     def _remove_files(writers: list[ShardWriter]) -> None:
