@@ -16,15 +16,12 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from synthgen.atomic import write_json
+from synthgen.atomic import atomic_dir, write_json
 from synthgen.audit.detection.copydetect import CopyDetector, ResidualPixelEmbedder
 from synthgen.audit.detection.detector import Detector, EmbeddingDetector
 from synthgen.audit.detection.local_features import CommonStructure, Features, Vocabulary
@@ -211,28 +208,20 @@ def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[
 
 
 def _save(detector: CopyDetector, entry: Path, key: str) -> None:
-    """Write the fitted state into a temporary folder and rename it into place; a failure only logs."""
+    """Write the fitted state into a staging folder that replaces `entry` whole; a failure only logs."""
     if not detector.n_train:
         return
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
-    except OSError as error:
-        log.warning("audit index cache %s is not writable (%s); indexing without it", entry.parent, error)
-        return
-    try:
-        arrays, facts = _state(detector)
-        np.savez(tmp / "state.npz", **arrays)
-        shapes = {name: list(array.shape) for name, array in arrays.items()}
-        meta = {"format": CACHE_FORMAT, "key": key, "crc32": file_crc32(tmp / "state.npz"), "shapes": shapes}
-        (tmp / "facts.json").write_text(json.dumps(facts))
-        meta["facts_sha256"] = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (a valid one would have loaded)
-        os.replace(tmp, entry)
-    except OSError as error:  # a full disk or a concurrent writer: the fitted detector is still good
+        with atomic_dir(entry) as tmp:  # a damaged entry (a valid one would have loaded) is replaced
+            arrays, facts = _state(detector)
+            np.savez(tmp / "state.npz", **arrays)
+            shapes = {name: list(array.shape) for name, array in arrays.items()}
+            meta = {"format": CACHE_FORMAT, "key": key, "crc32": file_crc32(tmp / "state.npz"), "shapes": shapes}
+            (tmp / "facts.json").write_text(json.dumps(facts))
+            meta["facts_sha256"] = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
+            (tmp / "meta.json").write_text(json.dumps(meta))
+    except OSError as error:  # unwritable, a full disk or a concurrent writer: the fitted detector is still good
         log.warning("could not cache the audit index in %s: %s", entry, error)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(detector: CopyDetector, entry: Path, key: str) -> bool:

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from synthgen.atomic import atomic_path
+from synthgen.atomic import atomic_path, discard
 from synthgen.audit.index.embedders import Embedder
 from synthgen.audit.index.index_backends import IndexKind, VectorStore
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex
@@ -107,7 +107,9 @@ def cached_index(
         _write_entry(index, tmp, key)
         if progress and index.resolved_kind != "exact":
             progress(stage, 1, 1)
-        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry (a valid one would have loaded)
+        # Not atomic.atomic_dir: the index reads its vectors from the staged folder, which must outlive a lost
+        # race (another process committing the same entry) instead of being deleted with the block.
+        discard(entry)  # a damaged entry (a valid one would have loaded); renamed aside, never seen half-deleted
         try:
             os.replace(tmp, entry)
         except OSError:  # another process committed the same entry meanwhile: keep ours private
