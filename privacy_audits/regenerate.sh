@@ -5,6 +5,8 @@
 #   bash privacy_audits/regenerate.sh recipes/demo.yaml
 # Offline, CPU: a few minutes per recipe (each build trains its model once; later runs reuse the model cache).
 # MAX_IMAGES (default 200) bounds the images per side that membership inference scores.
+# WORK=DIR keeps the builds and the exported training data in DIR (default: a temporary folder, deleted at exit),
+# e.g. to rerun `synthgen eval` on a build later.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
@@ -14,8 +16,11 @@ MAX_IMAGES="${MAX_IMAGES:-200}"
 synthgen="${SYNTHGEN:-synthgen}"
 python="${PYTHON:-python}"
 if [ -x .venv/bin/synthgen ] && [ -z "${SYNTHGEN:-}" ]; then synthgen=.venv/bin/synthgen; python=.venv/bin/python; fi
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+if [ -n "${WORK:-}" ]; then
+  work="$WORK" && mkdir -p "$work"
+else
+  work="$(mktemp -d)" && trap 'rm -rf "$work"' EXIT
+fi
 
 for recipe in "${RECIPES[@]}"; do
   name="$(basename "$recipe" .yaml)"
