@@ -23,6 +23,18 @@ def real_data_dir() -> Path:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Tests never write into the user's cache (models, audit indexes, file-hash memos): one cache per session."""
+    before = os.environ.get("SYNTHGEN_CACHE")
+    os.environ["SYNTHGEN_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SYNTHGEN_CACHE", None)
+    else:
+        os.environ["SYNTHGEN_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One model cache per test module: its tiny models train once, and no test sees another module's."""

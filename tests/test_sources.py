@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -250,6 +251,22 @@ def test_synthgen_output_folder(tmp_path: Path) -> None:
     before = source.fingerprint()
     (tmp_path / "out/manifest.json").write_text('{"x": 1}')
     assert source.fingerprint() != before
+
+
+def test_fingerprint_follows_content_not_timestamps(folder: Path, tmp_path: Path) -> None:
+    """Copied or re-timestamped data keeps its fingerprint (and its cached models); any rewrite changes it."""
+    first = open_source(str(folder)).fingerprint()
+    image = folder / "images/a.png"
+    os.utime(image, ns=(5, 5))  # touched: same bytes
+    assert open_source(str(folder)).fingerprint() == first
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)  # fresh mtimes, other inodes, another path
+    assert open_source(str(copy)).fingerprint() == first
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 1  # same size, and the old mtime put back: the ctime still betrays the rewrite
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(5, 5))
+    assert open_source(str(folder)).fingerprint() != first
 
 
 def test_detection_and_path_errors(tmp_path: Path, folder: Path) -> None:

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from synthgen.errors import SynthgenError
 from synthgen.sample import Sample
+from synthgen.sources.content_hashes import file_hashes
 from synthgen.sources.decode import Unreadable, decode_image
 from synthgen.sources.spec import DICOM_ONLY, SourceSpec
 
@@ -145,20 +146,18 @@ def meta_str(value: Any) -> str:
 
 
 def fingerprint_of(settings: dict[str, Any], root: Path, files: Iterable[Path], contents: Iterable[Path] = ()) -> str:
-    """sha256 of reader settings, the bytes of small `contents` files, and path/size/mtime of `files`.
+    """sha256 of reader settings, the bytes of small `contents` files, and the path and sha256 of each of `files`.
 
-    Stat-based for bulk data so fingerprinting a large folder costs no image reads.
+    By content, not timestamps: copied or re-mounted data keeps its fingerprint (and its cached models); each
+    file's hash is remembered by stat (`content_hashes`), so only new or rewritten files are read again.
     """
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in contents:
         digest.update(f"\0content:{_relative(path, root)}\0".encode())
         digest.update(path.read_bytes())
-    for path in files:
-        try:
-            stat = path.stat()
-            digest.update(f"\0{_relative(path, root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        except OSError:
-            digest.update(f"\0{_relative(path, root)}:missing".encode())
+    files = list(files)
+    for path, content in zip(files, file_hashes(root, files), strict=True):
+        digest.update(f"\0{_relative(path, root)}:{content}".encode())
     return digest.hexdigest()
 
 
