@@ -11,7 +11,18 @@ from PIL import Image, ImageFilter
 
 from synthgen.errors import SynthgenError
 from synthgen.evaluation.features import DEFAULT_FEATURES, FeatureSpace, get_feature_space, weights_sha256
-from synthgen.evaluation.fidelity import fd, fidelity_metrics, frechet_distance, kid, prdc, vendi_score
+from synthgen.evaluation.fidelity import (
+    RADIUS_CAP_QUANTILE,
+    capped_radii,
+    fd,
+    fidelity_metrics,
+    frechet_distance,
+    kid,
+    knn_radii,
+    prdc,
+    prdc_settings,
+    vendi_score,
+)
 
 KEYS = {"n_real", "n_synthetic", "fd", "fd_ci", "kid_mean", "kid_std", "precision", "recall", "density"}
 KEYS |= {"coverage", "vendi", "vendi_real", "kid_subset_size", "n_bootstrap"}
@@ -72,6 +83,61 @@ def test_prdc_and_vendi_known_values() -> None:
     half = prdc(real, np.vstack([real[:50], gaussian(50, seed=3, shift=40.0)]), k=3)
     assert half["precision"] == pytest.approx(0.5)  # the copies are inside real balls, the far half is not
     assert 0.5 <= half["coverage"] < 1.0  # the copied half is covered; the rest only partly
+
+
+def test_prdc_same_distribution_and_identical_density() -> None:
+    real, other = gaussian(300), gaussian(300, seed=1)
+    same = prdc(real, other)
+    assert all(0.85 <= same[m] <= 1.0 for m in ("precision", "recall", "coverage"))
+    assert 0.85 <= same["density"] <= 1.1
+    identical = prdc(real, real)
+    assert identical["precision"] == identical["recall"] == identical["coverage"] == 1.0
+    # Every real ball holds its own row and k-1 others (the k-th sits on the boundary): density 1 uncapped,
+    # a little less with the widest tenth of the balls capped.
+    assert prdc(real, real, cap=None)["density"] == pytest.approx(1.0)
+    assert 0.9 <= identical["density"] < 1.0
+
+
+def test_capped_radii() -> None:
+    radii = np.arange(1.0, 11.0)
+    np.testing.assert_allclose(capped_radii(radii, 0.9), np.minimum(radii, np.quantile(radii, 0.9)))
+    assert capped_radii(radii, None) is radii
+    assert np.all(capped_radii(knn_radii(gaussian(50), 5), 0.5) <= np.median(knn_radii(gaussian(50), 5)))
+    with pytest.raises(SynthgenError, match="quantile"):
+        prdc(gaussian(20), gaussian(20), cap=0.0)
+
+
+def test_real_outliers_do_not_vouch_for_far_images() -> None:
+    """A few isolated real images have wide k-NN balls: uncapped, images thrown near them count as realistic."""
+    e1 = np.eye(8)[0]
+    rng = np.random.default_rng(0)
+    real = np.vstack([gaussian(300), 25 * e1 + 6 * rng.normal(size=(6, 8))])  # 6 outliers, far and scattered
+    degraded = 25 * e1 + gaussian(300, seed=2)  # every synthetic image far from the real bulk
+    uncapped = prdc(real, degraded, cap=None)
+    assert uncapped["precision"] == 1.0 and uncapped["density"] > 1.0  # the outliers' balls take them all in
+    capped = prdc(real, degraded)
+    assert capped["precision"] == capped["density"] == capped["recall"] == capped["coverage"] == 0.0
+
+
+def test_synthetic_outliers_do_not_fake_recall() -> None:
+    """The mirror case: a collapsed set plus a few scattered images must not 'recall' the real variety."""
+    e1 = np.eye(8)[0]
+    rng = np.random.default_rng(1)
+    real = gaussian(300)
+    synth = np.vstack([25 * e1 + gaussian(294, seed=3), 6 * rng.normal(size=(6, 8))])
+    assert prdc(real, synth, cap=None)["recall"] > 0.5
+    assert prdc(real, synth)["recall"] < 0.1
+
+
+def test_prdc_settings_name_the_estimator() -> None:
+    settings = prdc_settings()
+    assert settings["estimator"] == "knn-capped" and settings["k"] == 5
+    assert settings["radius_cap_quantile"] == RADIUS_CAP_QUANTILE == 0.9
+    assert prdc_settings(cap=None)["estimator"] == "knn"
+    json.dumps(settings)
+    x, y = gaussian(100), gaussian(100, seed=1)
+    chosen = {m: fidelity_metrics(x, y, n_bootstrap=2, cap=None)[m] for m in ("precision", "recall")}
+    assert chosen == {m: prdc(x, y, cap=None)[m] for m in ("precision", "recall")}
 
 
 @pytest.mark.parametrize(

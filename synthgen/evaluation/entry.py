@@ -223,6 +223,8 @@ def _header(
     test: ImageSet | None,
     shared: list[str],
 ) -> dict[str, Any]:
+    from synthgen.evaluation.fidelity import prdc_settings
+
     sets = {s.name: s for s in (real, synthetic, test) if s is not None}
     return {
         "synthgen_version": __version__,
@@ -244,6 +246,7 @@ def _header(
             "split_by": request.split_by,
             "classifier_resolution": request.classifier_resolution,
             "classifier_steps": request.classifier_steps,
+            "prdc": prdc_settings(),
         },
         "test_shared_with_real": len(shared),
         **request.extra,
