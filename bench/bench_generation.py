@@ -11,7 +11,8 @@ the UNet alone run at `--batch` (16), synthgen at its own `sampling.batch_size` 
 - synthgen: `synthgen.generate.Generator.generate` on the plan's jobs (what `synthgen build` runs per shard;
   PIL images, PNG bytes and provenance, no files), and with `--build` the whole `synthgen build` CLI in a fresh
   process (import, model load and hash, generation, Parquet + WebDataset shards with PNGs, manifest, card; audit
-  off); with `--ablate` also synthgen with one lever off each (stock batch, no finishing thread, no prompt cache);
+  off, every sampling setting at its default: `streams: auto` included); with `--ablate` also synthgen with one
+  lever off each (one denoising stream, stock batch, no finishing thread, no prompt cache);
 - stock: a per-class loop of `StableDiffusionPipeline` calls (DDIM) saving each image as a PNG, like a user
   script (also reported without the PNG saving);
 - UNet alone: the UNet forward calls of the same jobs (steps x batches, batch doubled for CFG), nothing else.
@@ -161,13 +162,18 @@ def _time_paths(cfg: BenchConfig, pipeline, model_path: Path, recipe, resolution
 
 
 def _ablations(cfg: BenchConfig, recipe) -> dict[str, tuple[Any, dict[str, Any]]]:
-    """With `--ablate`: synthgen with one lever off each (the stock batch; no finishing thread; no prompt cache)."""
+    """With `--ablate`: synthgen with one lever off each (one denoising stream of every thread; the stock batch;
+    no finishing thread, with one stream; no prompt cache)."""
     if not cfg.ablate:
         return {}
-    stock_batch = recipe.model_copy(update={"sampling": recipe.sampling.model_copy(update={"batch_size": cfg.batch})})
+
+    def sampling(**update: Any):
+        return recipe.model_copy(update={"sampling": recipe.sampling.model_copy(update=update)})
+
     return {
-        "synthgen_stock_batch": (stock_batch, {}),
-        "synthgen_no_overlap": (recipe, {"overlap": False}),
+        "synthgen_one_stream": (sampling(streams=1), {}),
+        "synthgen_stock_batch": (sampling(batch_size=cfg.batch), {}),
+        "synthgen_no_overlap": (sampling(streams=1), {"overlap": False}),
         "synthgen_no_prompt_cache": (recipe, {"prompt_cache": False}),
     }
 
@@ -254,8 +260,9 @@ def run_benchmark(cfg: BenchConfig, log: Log = print) -> dict[str, Any]:
 
 PATH_LABELS = {
     "synthgen": "synthgen Generator.generate (+ PNGs)",
+    "synthgen_one_stream": "  same, one denoising stream (streams: 1)",
     "synthgen_stock_batch": "  same, at the stock batch size",
-    "synthgen_no_overlap": "  same, no finishing thread",
+    "synthgen_no_overlap": "  same, one stream, no finishing thread",
     "synthgen_no_prompt_cache": "  same, no prompt cache",
     "build": "synthgen build (whole process, audit off)",
     "stock": "stock per-class diffusers loop + PNGs",
@@ -309,7 +316,10 @@ def _summary_lines(ratios: dict[str, float], c: dict[str, Any]) -> list[str]:
 
 def _synthgen_batch(result: dict[str, Any]) -> str:
     run = result["paths"]["synthgen"]
-    return f"{run['batch']} ({result['config']['synthgen_batch']}), overlap {run['overlap']}"
+    return (
+        f"{run['batch']} ({result['config']['synthgen_batch']}), {run['streams']} streams of {run['threads']} "
+        f"threads, overlap {run['overlap']}"
+    )
 
 
 def format_report(result: dict[str, Any]) -> str:

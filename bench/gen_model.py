@@ -31,7 +31,7 @@ class BenchConfig:
     guidance: float = 3.5
     batch: int = 16  # the stock loop's and the UNet-alone path's batch
     synthgen_batch: str = "auto"  # synthgen's `sampling.batch_size` (auto: its own choice) or a number
-    ablate: bool = False  # also time synthgen with each lever off (batch as stock, no overlap, no prompt cache)
+    ablate: bool = False  # also time synthgen with each lever off (one stream, stock batch, no overlap, no cache)
     dtype: str | None = None  # fp32 | bf16; default bf16 on CUDA, fp32 elsewhere
     build: bool = False  # also time the whole `synthgen build` CLI in a fresh process
     repeats: int = 1  # each path runs this many times; the median is reported

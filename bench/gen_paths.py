@@ -28,7 +28,7 @@ def time_synthgen(pipeline, model_path: Path, recipe, device, **options: Any) ->
     """synthgen's Generator.generate over the plan's jobs (the build's generation path).
 
     `options` go to the Generator (`overlap`, `prompt_cache`); each batch's PNGs are encoded in its `finish`
-    step, where `synthgen build` encodes them.
+    step, where `synthgen build` encodes them. Every stream is warmed up (one batch each).
     """
     from synthgen.generate import Generator
     from synthgen.models.loading import LoadedModel
@@ -39,7 +39,8 @@ def time_synthgen(pipeline, model_path: Path, recipe, device, **options: Any) ->
     loaded = LoadedModel(pipeline, "bench", "0" * 64, Path(model_path), {})
     provenance = {"recipe_name": recipe.name, "recipe_sha256": "0" * 64, "model_id": "bench", "model_sha256": "0" * 64}
     generator = Generator(loaded, recipe.sampling, provenance, **options)
-    generator.generate(jobs[: generator.batch_size])  # warm-up: kernels, allocator, caches
+    generator.generate(jobs[: generator.batch_size * generator.streams])  # warm-up: kernels, allocator, caches
+    warm_wait = generator.wait.waited
 
     def encode(samples: list[Any]) -> None:
         for sample in samples:
@@ -66,6 +67,9 @@ def time_synthgen(pipeline, model_path: Path, recipe, device, **options: Any) ->
         "median_batch_s": statistics.median(batches) if batches else None,
         "batch": generator.batch_size,
         "overlap": generator.overlap,
+        "streams": generator.streams,
+        "threads": generator.threads,
+        "denoiser_waited_s": generator.wait.waited - warm_wait,
         "prompt_cache": generator.prompts is not None,
         "peak_gib": peak_gib(device),
         "gpu_util": util.mean,

@@ -42,6 +42,7 @@ class BuildResult:
     shortfall: dict[str, int] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # the manifest's `model` block
     eval_summary: dict[str, Any] | None = None  # eval/eval.json, when the recipe has an `eval:` block
+    generation: dict[str, Any] | None = None  # streams, threads per stream, denoiser wait: when this run generated
 
 
 def _provenance(loaded: LoadedRecipe, model_id: str, model_sha256: str, dp: dict | None) -> dict[str, Any]:
@@ -136,8 +137,11 @@ def build(
         model_ref = ModelRef(str(resolved.path), resolved.model_id, model_sha256, resolved.allow_pickle)
         run = ShardRun(loaded, folder, plan, shard_set, builder, model_ref, provenance, reporter)
         done = (engine or LocalEngine()).run(run)
+        generation = builder.wait.record() if builder.wait.calls else None  # None: nothing generated here
+        if generation is not None:
+            reporter.log(builder.wait.line())
         records, written, resumed = done.records, done.written, done.resumed
-        result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model, reporter.progress)
+        result = _finish(loaded, folder, plan, records, auditor, provenance, dp, model, reporter.progress, generation)
         result.eval_summary = _evaluate(loaded, out, records, read_model_info(resolved.path), reporter)
     result.shards_written, result.shards_resumed = written, resumed
     return result
@@ -153,6 +157,7 @@ def _finish(
     dp: dict | None,
     model: dict[str, Any],
     progress: Progress | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Everything that describes the finished shards (`records`, by index): audit report, manifest, card."""
     from synthgen.output.dataset_card import write_dataset_card
@@ -181,6 +186,7 @@ def _finish(
             "dp": dp,
             "planned_class_counts": wanted,
             "shortfall": shortfall,
+            "generation": generation,
         },
     )
     preview = write_preview(out, list(recipe.classes))
@@ -205,7 +211,9 @@ def _finish(
         preview=preview.name if preview else None,
     )
     folder.mark_done()
-    return BuildResult(out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall, model)
+    return BuildResult(
+        out, plan, class_counts, 0, 0, model["id"], audit_summary, shortfall, model, generation=generation
+    )
 
 
 def _write_audit_report(

@@ -9,18 +9,19 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
 from synthgen.generation.batching import auto_batch_size, numerics_record
-from synthgen.generation.overlap import Finisher
 from synthgen.generation.prompts import PromptEmbeddings, caches_prompts
+from synthgen.generation.streams import Streams, WaitClock, plan_streams, stop_callback, stream_copy
 from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
-from synthgen.runtime import ray_cpus, use_cpu_threads
+from synthgen.runtime import ray_cpus, torch_threads, use_cpu_threads
 from synthgen.sample import Sample
 
 SCHEDULERS = {
@@ -89,24 +90,24 @@ def size_multiple(pipeline) -> int:
     return scale * 2 if getattr(pipeline, "transformer", None) is not None and is_flow_matching(pipeline) else scale
 
 
-def _spare_cpu(device: Any) -> bool:
-    """Whether a finishing thread would get hardware of its own: on CUDA, or a CPU beyond torch's threads."""
-    import torch
-
+def _spare_cpu(device: Any, used: int) -> bool:
+    """Whether a finishing thread would get hardware of its own: on CUDA, or a CPU beyond the `used` threads."""
     if getattr(device, "type", str(device)) == "cuda":
         return True
     given = ray_cpus()  # a Ray worker's allocation, else the affinity mask (a scheduler's or container's share)
     if given is None:
         given = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return given > torch.get_num_threads()
+    return given > used
 
 
 class Generator:
     """Turns jobs into samples with provenance; one instance per (model, sampling settings).
 
-    Speed without new numerics (docs/performance.md): each unique prompt is encoded once (SD-style pipelines),
-    and while the denoiser samples batch k+1 a worker thread decodes batch k, makes its PIL images and runs
-    the caller's `finish` step on them. `overlap` None: on when a CPU is free beside torch's threads, or on CUDA.
+    Speed without new numerics (docs/performance.md): each unique prompt is encoded once (SD-style pipelines);
+    `streams` denoising threads (`sampling.streams`) sample their own batches while the calling thread decodes
+    finished ones, makes their PIL images and runs the caller's `finish` step on them, in job order. With one
+    stream, `overlap` None puts it on a thread of its own when a CPU is free beside it, or on CUDA.
+    `wait` sums how long the denoiser waited on that finishing work over every `generate` call.
     """
 
     def __init__(
@@ -118,7 +119,7 @@ class Generator:
         overlap: bool | None = None,
         prompt_cache: bool = True,
     ):
-        use_cpu_threads()
+        cpu_threads = use_cpu_threads()
         self.model = model
         self.sampling = sampling
         self.resolution = sampling.resolution or model.default_resolution
@@ -150,9 +151,16 @@ class Generator:
         self._split_decode = sd_style  # latents from the pipeline, decoded where the batch is finished
         size = sampling.batch_size
         self.batch_size = auto_batch_size(pipeline, self.resolution, pipeline.device) if size == "auto" else size
-        self.overlap = _spare_cpu(pipeline.device) if overlap is None else overlap
+        device = pipeline.device
+        self.streams, self.threads = plan_streams(
+            sampling.streams, pipeline, device, cpu_threads, self.batch_size, self.resolution
+        )
+        used = self.streams * self.threads
+        self.overlap = self.streams > 1 or (_spare_cpu(device, used) if overlap is None else overlap)
+        self._pipelines = [pipeline] + [stream_copy(pipeline) for _ in range(self.streams - 1)]
+        self.wait = WaitClock()
 
-    def _call_kwargs(self, jobs: list[Job]) -> dict[str, Any]:
+    def _call_kwargs(self, jobs: list[Job], stop: threading.Event | None = None) -> dict[str, Any]:
         import torch
 
         kwargs: dict[str, Any] = {
@@ -167,6 +175,8 @@ class Generator:
             "prior_num_inference_steps": self.sampling.steps,
             "prior_guidance_scale": self.sampling.guidance_scale,
         }
+        if stop is not None and self.streams > 1:  # a failing stream stops the others at their next step
+            kwargs["callback_on_step_end"] = stop_callback(stop)
         if self.sampling.negative_prompt:
             kwargs["negative_prompt"] = [self.sampling.negative_prompt] * len(jobs)
         if self.prompts is not None:
@@ -180,36 +190,41 @@ class Generator:
         jobs: list[Job],
         progress: Callable[[int, int], None] | None = None,
         finish: Callable[[list[Sample]], None] | None = None,
+        clock: WaitClock | None = None,
     ) -> list[Sample]:
         """Sample `jobs` in batches of `batch_size`; returns samples in job order.
 
         `progress(done, total)` is called after each finished batch. `finish(samples)` runs on each batch as soon
-        as its images exist, on the worker thread when overlapping (a build encodes and audits there).
+        as its images exist, on the calling thread, in job order (a build encodes and audits there), while the
+        streams sample the next batches. `clock` (and `self.wait`) gets how long the denoiser waited on that.
         """
         import torch
 
         samples: list[Sample] = []
+        batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
 
-        def collect(batches: list[list[Sample]]) -> None:
-            for batch in batches:
-                samples.extend(batch)
-                if progress:
-                    progress(len(samples), len(jobs))
+        def finished(index: int, images: Callable[[], list[Any]]) -> None:
+            samples.extend(self._finish(batches[index], images, finish))
+            if progress:
+                progress(len(samples), len(jobs))
 
-        with Finisher(self.overlap) as finisher:
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start : start + self.batch_size]
-                with torch.inference_mode():
-                    images = self._denoise(batch)
-                finisher.submit(functools.partial(self._finish, batch, images, finish))
-                collect(finisher.ready())
-            collect(finisher.drain())
+        # Everything here (prompt encoding, decoding) runs with a stream's threads: the same numerics whatever
+        # the number of streams.
+        with torch_threads(self.threads), torch.inference_mode():
+            if self.prompts is not None:
+                self.prompts.warm([job.prompt for job in jobs])  # streams only read the cached rows
+            tasks = [functools.partial(self._denoise, batch) for batch in batches]
+            waited, total = Streams(self.streams, self.threads, self.overlap).run(tasks, finished)
+        for record in (self.wait, clock):
+            if record is not None:
+                record.add(waited, total, self.streams, self.threads)
         return samples
 
-    def _denoise(self, jobs: list[Job]) -> Callable[[], list[Any]]:
-        """Run the sampler on `jobs`; returns what makes their PIL images (decoding latents, for SD-style)."""
-        kwargs = self._call_kwargs(jobs)
-        pipeline = self.model.pipeline
+    def _denoise(self, jobs: list[Job], stream: int = 0, stop: threading.Event | None = None) -> Callable[[], Any]:
+        """Run the sampler on `jobs` with stream `stream`'s pipeline; returns what makes their PIL images
+        (decoding latents, for SD-style)."""
+        kwargs = self._call_kwargs(jobs, stop)
+        pipeline = self._pipelines[stream]
         if "negative_prompt" in kwargs and hasattr(pipeline, "prior_pipe"):
             images = self._prior_then_decoder(jobs, kwargs)
         else:
@@ -226,7 +241,7 @@ class Generator:
 
     def _finish(self, jobs: list[Job], images: Callable[[], list[Any]], finish) -> list[Sample]:
         made = images()
-        numerics = numerics_record(self.model.pipeline, len(jobs), self.prompts is not None)
+        numerics = numerics_record(self.model.pipeline, len(jobs), self.prompts is not None, self.threads)
         samples = [self._sample(job, image, numerics) for job, image in zip(jobs, made, strict=True)]
         if finish is not None:
             finish(samples)

@@ -7,10 +7,12 @@ concerns, so the build, training, the audit and the CLI make the same choice.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol
@@ -150,6 +152,23 @@ def use_cpu_threads(libraries: tuple[str, ...] = ("torch",)) -> int:
         if module is not None and hasattr(module, setter):
             getattr(module, setter)(count)
     return count
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """The block runs with `count` torch threads on the calling thread; the previous count comes back after.
+
+    torch fixes a thread's OpenMP team size at its first parallel op and `set_num_threads` changes only the
+    caller's (and the default of threads that have not run one yet), so each denoising stream sets its own.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def dtype_kwarg(dtype) -> dict[str, Any]:

@@ -3,8 +3,9 @@
 Shared by every engine that runs shards (the local loop in `build`, and workers elsewhere): it holds no files
 and no output folder, only the generator and the auditor, and returns the kept samples plus the audit log.
 Each batch is encoded for the shards and audited as soon as its images exist (on the generator's finishing
-thread, while the next batch samples); verdicts are then applied in job order, so the result is the same as
-generating everything first and auditing after.
+thread, while the denoising streams sample the next ones); verdicts are then applied in job order, so the
+result is the same as generating everything first and auditing after. `wait` sums, over every shard this
+builder generated, how long the denoiser waited on that finishing work (the build logs `wait.line()`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from synthgen.generation.streams import WaitClock
 from synthgen.plan import Job, Shard
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Reporter
@@ -28,6 +30,7 @@ class ShardBuilder:
         self.generator = generator
         self.auditor = auditor
         self.reporter = reporter
+        self.wait = WaitClock()  # calls == 0 until something was generated
 
     def run(self, shard: Shard) -> tuple[list[Sample], Any]:
         from synthgen.audit import AuditLog
@@ -74,7 +77,10 @@ class ShardBuilder:
     def _generate(self, jobs: list[Job], verdicts: dict[str, Any] | None) -> list[Sample]:
         generator, finish = self.generator(), self._finish(verdicts)
         progress = functools.partial(self.reporter.progress, "generating")
-        if "finish" in inspect.signature(generator.generate).parameters:
+        parameters = inspect.signature(generator.generate).parameters
+        if "clock" in parameters:
+            return generator.generate(jobs, progress, finish=finish, clock=self.wait)
+        if "finish" in parameters:
             return generator.generate(jobs, progress, finish=finish)
         samples = generator.generate(jobs, progress)  # a generator of another kind (tests): finish afterwards
         finish(samples)

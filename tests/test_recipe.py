@@ -97,6 +97,7 @@ def test_defaults(tmp_path):
         "guidance_scale": 3.5,
         "resolution": None,
         "batch_size": "auto",
+        "streams": "auto",
         "seed": 0,
         "negative_prompt": "",
         "device": "auto",

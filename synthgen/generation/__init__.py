@@ -1,6 +1,7 @@
 """The parts of generation that only make it faster: prompt embeddings computed once, the batch size synthgen
-picks, and finishing batches (VAE decode, PIL, encoding, audit) in a worker thread while the next one samples.
+picks, and denoising streams (threads sampling their own batches) while the calling thread finishes batches
+(VAE decode, PIL, encoding, audit) in job order.
 
 `synthgen.generate.Generator` is the front door; nothing here changes what an image looks like except the batch
-size, which every sample's provenance records (`sampling_numerics`).
+size and a stream's torch threads, which every sample's provenance records (`sampling_numerics`).
 """

@@ -34,10 +34,12 @@ def auto_batch_size(pipeline: Any, resolution: int, device: Any) -> int:
     return int(min(MAX_AUTO_BATCH, max(1, budget // area)))
 
 
-def numerics_record(pipeline: Any, batch: int, prompt_cache: bool) -> str:
-    """What a sample's float rounding depends on beyond the recipe: batch, device, dtype, attention, versions.
+def numerics_record(pipeline: Any, batch: int, prompt_cache: bool, threads: int | None = None) -> str:
+    """What a sample's float rounding depends on beyond the recipe: batch, device, dtype, attention, versions,
+    and on a CPU the torch threads of its denoising stream (`threads`).
 
-    Not the thread count: engines give workers different CPU shares, and their samples must still compare equal.
+    Not the number of streams: a batch's bytes depend only on its jobs and its stream's threads, so one-thread
+    streams give the same bytes in a local build of any width and in one-CPU Ray workers.
 
     Stored per sample (`sampling_numerics`, a JSON object) so a rerun on the same hardware can be checked
     for the same bytes.
@@ -57,4 +59,6 @@ def numerics_record(pipeline: Any, batch: int, prompt_cache: bool) -> str:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }
+    if threads is not None and record["device"] == "cpu":
+        record["threads"] = threads
     return json.dumps(record, sort_keys=True, separators=(",", ":"))

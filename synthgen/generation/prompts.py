@@ -43,6 +43,14 @@ class PromptEmbeddings:
             self._rows[prompt] = self._encode(prompt)
         return self._rows[prompt]
 
+    def warm(self, prompts: list[str]) -> None:
+        """Encode every prompt of `prompts` (and the unconditional one) now, on the calling thread: denoising
+        streams then only read the rows."""
+        for prompt in dict.fromkeys(prompts):
+            self.row(prompt)
+        if self.guidance and self._negative is None:
+            self._negative = self._encode(self.negative_prompt)
+
     def call_kwargs(self, prompts: list[str]) -> dict[str, Any]:
         """The embeddings of `prompts` (and, with guidance, as many unconditional rows) for a pipeline call."""
         import torch

@@ -261,6 +261,13 @@ class SamplingConfig(_Strict):
         description="Images per sampler call; auto: synthgen's choice for the device and image size (48 at 64 px "
         "on a CPU). Recorded per sample (sampling_numerics): float rounding may depend on it.",
     )
+    streams: PositiveInt | Literal["auto"] = Field(
+        "auto",
+        description="Denoising streams on a CPU: threads that each sample their own batches with cpu_threads / "
+        "streams torch threads; auto: one one-thread stream per CPU thread (at most 8) for small models, else 1; "
+        "always 1 on CUDA and MPS. The bytes depend on the threads per stream (recorded in sampling_numerics), "
+        "not on the number of streams.",
+    )
     seed: int = Field(0, description="Base seed; every sample's own seed derives from it.")
     negative_prompt: str = ""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
