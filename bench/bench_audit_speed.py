@@ -8,13 +8,25 @@
 
     SYNTHGEN_THREADS=2 python bench/bench_audit_speed.py --data /work/shared/data/colonoscopy-real
 
+`--demo-only` prints only the demo row (or, with `--baseline`, the comparison). `--baseline DIR` compares the
+cost of `Auditor.check` on the demo (recipes/demo.yaml's training phantoms, `threshold: auto`, 96 novel phantoms,
+batches of 16, one worker) between this tree and another checkout's `synthgen` package (e.g. `git worktree add
+/tmp/base HEAD`), each in its own process, alternately, `--repeats` times; it prints ms of CPU per image both
+ways and whether every verdict (similarity, nearest key, flag, evidence) is identical:
+
+    SYNTHGEN_THREADS=1 OMP_NUM_THREADS=1 python bench/bench_audit_speed.py --baseline /tmp/base --demo-only
+
 Numbers on a shared machine are noisy: compare the columns of one run, not runs with each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +67,7 @@ def rate(auditor: Auditor, batch: list[Sample], workers: int) -> tuple[float, fl
 
 def demo_row() -> None:
     """The demo recipe's audit: 144 training phantoms at 64 px, `threshold: auto`, 48 novel phantoms checked."""
-    train = SourceSpec(type="demo", classes=["polyp", "ulcer", "normal"], per_class=48, resolution=64)
+    train = DEMO_TRAIN
     batch = [
         Sample(key=f"c{i}", image=s.image) for i, s in enumerate(open_source(train.model_copy(update={"seed": 99})))
     ]
@@ -75,6 +87,49 @@ def demo_row() -> None:
     )
 
 
+DEMO_TRAIN = SourceSpec(type="demo", classes=["polyp", "ulcer", "normal"], per_class=48, resolution=64)
+
+
+def demo_child(cache: str, count: int) -> None:
+    """One process's demo check cost (the `--baseline` comparison): one JSON line on stdout."""
+    auditor = Auditor.from_source(open_source(DEMO_TRAIN), cache=Path(cache), workers=1)
+    novel = open_source(DEMO_TRAIN.model_copy(update={"seed": 99, "per_class": -(-count // 3)}))
+    batch = [Sample(key=f"c{i}", image=s.image) for i, s in enumerate(novel)][:count]
+    auditor.check(batch[:BATCH])  # warm-up: lazily built state, first-call costs
+    start, cpu = time.perf_counter(), time.process_time()
+    verdicts = [v for i in range(0, len(batch), BATCH) for v in auditor.check(batch[i : i + BATCH])]
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    rows = [[v.similarity, v.nearest_train_key, v.flagged, repr(v.evidence)] for v in verdicts]
+    flagged = sum(v.flagged for v in verdicts)
+    per_image = {"cpu_ms": 1000 * cpu / len(batch), "wall_ms": 1000 * wall / len(batch)}
+    print(json.dumps({"threshold": auditor.threshold, **per_image, "flagged": flagged, "verdicts": rows}))
+
+
+def compare_with(baseline: str, repeats: int, count: int) -> None:
+    """The demo check cost in `baseline`'s synthgen and in this tree's, alternately, each in a fresh process."""
+    trees = {"baseline": str(Path(baseline).resolve()), "this tree": str(Path(__file__).resolve().parent.parent)}
+    found: dict[str, list[dict]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory() as cache:  # one cache: the two code versions get their own entries
+        for repeat in range(repeats + 1):  # the first round fits and calibrates (cold), and is not counted
+            for name, tree in trees.items():
+                env = {**os.environ, "PYTHONPATH": tree}
+                command = [sys.executable, __file__, "--demo-child", cache, "--candidates", str(count)]
+                out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+                if repeat:
+                    found[name].append(json.loads(out.strip().splitlines()[-1]))
+    for name, runs in found.items():
+        cpu = [r["cpu_ms"] for r in runs]
+        print(
+            f"{name:>10}: check {np.median(cpu):.1f} ms CPU/img (median of {len(cpu)}: "
+            f"{', '.join(f'{c:.1f}' for c in cpu)}), wall {np.median([r['wall_ms'] for r in runs]):.1f} ms/img, "
+            f"threshold {runs[0]['threshold']}, flagged {runs[0]['flagged']}/{count}"
+        )
+    base, this = found["baseline"], found["this tree"]
+    same = all(r["verdicts"] == base[0]["verdicts"] and r["threshold"] == base[0]["threshold"] for r in base + this)
+    ratio = np.median([r["cpu_ms"] for r in this]) / np.median([r["cpu_ms"] for r in base])
+    print(f"this tree / baseline CPU per image: {ratio:.2f}x; every verdict identical: {same}")
+
+
 def state_mb(auditor: Auditor) -> float:
     arrays, _ = _state(auditor.detector)  # type: ignore[arg-type]
     return sum(a.nbytes for a in arrays.values()) / 2**20
@@ -92,9 +147,21 @@ def main() -> None:
     parser.add_argument("--data", default="/work/shared/data/colonoscopy-real")
     parser.add_argument("--sizes", default="250,500,1000", help="training-set sizes for the scaling table")
     parser.add_argument("--candidates", type=int, default=48)
+    parser.add_argument("--baseline", help="another checkout: compare the demo check cost and verdicts with it")
+    parser.add_argument("--repeats", type=int, default=3, help="--baseline: alternating runs per tree")
+    parser.add_argument("--demo-only", action="store_true", help="skip the real-data table")
+    parser.add_argument("--demo-child", help=argparse.SUPPRESS)  # internal: one --baseline measurement
     args = parser.parse_args()
+    if args.demo_child:
+        demo_child(args.demo_child, args.candidates)
+        return
+    if args.baseline:
+        compare_with(args.baseline, args.repeats, max(args.candidates, 96))
+    else:
+        demo_row()
+    if args.demo_only:
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
-    demo_row()
     batch = candidates(args.data, args.candidates)
     print(
         f"{'train':>6} {'fit wall s':>10} {'fit cpu s':>9} {'calib s':>8} {'hit s':>6} {'state MB':>9} "

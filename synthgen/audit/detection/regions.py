@@ -44,6 +44,7 @@ STRIDE = 0.2
 MIN_TILE_KEYPOINTS = 8  # fewer (black scope corners): no code for that tile
 FINE_SCALES = (0.2, MAX_SCALE)
 IMAGE_BLOCK = 2048  # training frames whose tiles are scored at once (bounds the similarity buffer)
+FLOAT_TILES_BYTES = 256 * 2**20  # float32 tile codes kept for search up to this size (~1,000 training frames)
 
 
 def tile_boxes(tile: float = TILE, stride: float = STRIDE) -> list[tuple[float, float, float, float]]:
@@ -80,6 +81,7 @@ class RegionIndex:
         self.codes = np.zeros((0, self.vocabulary.dim), np.int8)
         self.scales = np.zeros(0, np.float32)
         self.owner = np.zeros(0, np.int64)  # training row of each tile code, ascending
+        self._floats: tuple[np.ndarray, np.ndarray] | None = None  # (codes, as float32): `_all_float_tiles`
 
     def extract(self, image: Image.Image) -> Features:
         return self._extract(working_gray(image, FINE_SIDE))
@@ -120,12 +122,13 @@ class RegionIndex:
         """Per code: the `top_k` training rows whose best tile is most similar, rows in `exclude[i]` left out."""
         n_train = len(self.features)
         best = np.full((len(codes), n_train), -np.inf, np.float32)
+        floats = self._all_float_tiles()
         if len(self.owner):
             starts = np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])  # first tile of each frame
             for begin in range(0, len(starts), IMAGE_BLOCK):
                 first = starts[begin]
                 last = starts[begin + IMAGE_BLOCK] if begin + IMAGE_BLOCK < len(starts) else len(self.owner)
-                tiles = self.codes[first:last].astype(np.float32) * self.scales[first:last, None]
+                tiles = floats[first:last] if floats is not None else self._float_tiles(first, last)
                 sims = codes.astype(np.float32) @ tiles.T
                 frames = starts[begin : begin + IMAGE_BLOCK]
                 best[:, self.owner[frames]] = np.maximum.reduceat(sims, frames - first, axis=1)
@@ -137,6 +140,22 @@ class RegionIndex:
             top = np.argpartition(-best[i], k - 1)[:k] if k else np.zeros(0, np.int64)
             found.append([int(r) for r in top[np.argsort(-best[i, top])] if np.isfinite(best[i, r])])
         return found
+
+    def _float_tiles(self, first: int, last: int) -> np.ndarray:
+        """Tile codes first..last as float32 (the int8 codes times their scales)."""
+        return self.codes[first:last].astype(np.float32) * self.scales[first:last, None]
+
+    def _all_float_tiles(self) -> np.ndarray | None:
+        """Every tile code as float32, converted once and kept while it takes at most FLOAT_TILES_BYTES (the
+        same values `_float_tiles` gives per block: converting 16 codes per training frame for every search cost
+        more than the search itself); None above that (converted per block and search, memory bounded)."""
+        codes = self.codes
+        if codes.size * 4 > FLOAT_TILES_BYTES or not len(codes):
+            return None
+        kept = self._floats
+        if kept is None or kept[0] is not codes:  # fit, or a cache load, replaced the codes
+            kept = self._floats = (codes, self._float_tiles(0, len(codes)))
+        return kept[1]
 
     def verify(self, query: Features, row: int) -> int:
         """Consistent matches of `query` (keypoints at WORK_SIDE) with the fine keypoints of training `row`."""

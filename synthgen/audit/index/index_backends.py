@@ -31,6 +31,7 @@ IVF_TRAIN_MAX = 100_000  # k-means for the IVF cells runs on an evenly spaced sa
 EXACT_BLOCK = 1 << 18  # database rows per exact-search block (bounds memory on a memory-mapped store)
 ADD_BLOCK = 1 << 16  # rows handed to an approximate index at a time while building it
 SPILL_BYTES = 1 << 30  # an in-memory store moves to a temporary file beyond this size
+RERANK_BYTES = 1 << 22  # candidate vectors gathered at once by `rerank` (a block of queries)
 
 
 class VectorStore:
@@ -247,7 +248,20 @@ def exact_knn(base: np.ndarray, queries: np.ndarray, k: int, *, use_gpu: bool = 
 
 
 def rerank(base: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact similarities of the candidate `ids` (-1 = none) and the best `k` of them per query."""
+    """Exact similarities of the candidate `ids` (-1 = none) and the best `k` of them per query.
+
+    A few queries at a time (RERANK_BYTES of gathered candidate vectors): each query's answer is its own, so
+    the blocks give the same numbers, and a block that fits in the cache is ~2x faster than gathering the whole
+    batch (32 audit queries x 32 candidates x 8,192-d codes: 33 MB).
+    """
+    step = max(1, RERANK_BYTES // max(1, 4 * ids.shape[1] * base.shape[1]))
+    if len(queries) <= step:
+        return _rerank(base, queries, ids, k)
+    parts = [_rerank(base, queries[i : i + step], ids[i : i + step], k) for i in range(0, len(queries), step)]
+    return np.concatenate([sims for sims, _ in parts]), np.concatenate([found for _, found in parts])
+
+
+def _rerank(base: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     valid = ids >= 0
     rows = np.where(valid, ids, 0)
     order = np.argsort(rows, axis=1)  # read the stored rows in file order (friendly to a memory map)
