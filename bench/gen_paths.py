@@ -3,7 +3,9 @@
 - `time_synthgen`: synthgen's `Generator.generate` over the plan's jobs (what `synthgen build` runs per shard);
 - `time_stock`: a per-class loop of plain `StableDiffusionPipeline` calls (DDIM) saving PNGs, like a user script;
 - `time_unet`: the UNet forward calls of the same jobs alone (steps x batches, CFG-doubled), nothing else;
-- `run_build`: the whole `synthgen build` CLI in a fresh process.
+- `run_build`: the whole `synthgen build` CLI in a fresh process;
+- `run_stock_process`: the stock loop as a whole user script in a fresh process (`stock_script.py`), the
+  like-for-like comparison for `run_build` (both pay interpreter start, imports and model loading).
 
 Each returns a dict with at least `seconds` and `images`.
 """
@@ -218,3 +220,22 @@ def run_build(recipe_data: dict[str, Any], work: Path) -> dict[str, Any]:
         "parquet_files": sum(1 for _ in out_dir.rglob("*.parquet")),
         "dtype": "synthgen's own choice (bf16 on CUDA, fp32 on CPU)",
     }
+
+
+def run_stock_process(model_path: Path, cfg: BenchConfig, resolution: int, work: Path) -> dict[str, Any]:
+    """`stock_script.py` in a fresh process (CPU): import, load, the per-class loop, PNGs; timed whole."""
+    out = work / "stock-process-png"
+    command = [
+        sys.executable, str(Path(__file__).resolve().parent / "stock_script.py"), str(model_path), str(out),
+        "--images", str(cfg.images), "--batch", str(cfg.batch), "--steps", str(cfg.steps),
+        "--guidance", str(cfg.guidance), "--resolution", str(resolution),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(f"stock script exited {done.returncode}: " + " | ".join(tail))
+    images = sum(1 for _ in out.glob("*.png"))
+    return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
