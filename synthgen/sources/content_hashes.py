@@ -4,7 +4,8 @@ A fingerprint built from sizes and mtimes changes whenever data is copied, resto
 timestamps, and a changed fingerprint retrains a cached model (an hour on a CPU) on the very same images. The
 bytes decide instead; the memo (`cache_root()/file-hashes/`, one JSON per data folder) keys each hash by size,
 mtime, ctime and inode, so a repeated fingerprint costs a stat per file and any rewrite (which moves the ctime,
-which no tool can set back) is read again.
+which no tool can set back) is read again. The memo names files by a hash of their path, never the path: file
+names can carry patient names (tests/test_phi_scan.py scans the cache too).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def file_hashes(root: Path, files: Iterable[Path]) -> list[str]:
         except OSError:
             hashes.append(MISSING)
             continue
-        name = str(path.absolute())
+        name = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:32]  # file names may hold PHI
         signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         known = memo.get(name)
         if known is None or known[:4] != signature:
