@@ -189,6 +189,17 @@ def time_unet(pipeline, cfg: BenchConfig, resolution: int, device) -> dict[str, 
     }
 
 
+def timed_process(command: list[str], env: dict[str, str], what: str) -> float:
+    """Wall seconds of `command` run whole in a fresh process; its last output lines in the error if it fails."""
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(f"{what} exited {done.returncode}: " + " | ".join(tail))
+    return seconds
+
+
 def run_build(recipe_data: dict[str, Any], work: Path) -> dict[str, Any]:
     """`python -m synthgen.cli build` in a fresh process (whole: imports, load, hash, generate, write).
 
@@ -208,12 +219,7 @@ def run_build(recipe_data: dict[str, Any], work: Path) -> dict[str, Any]:
         "TOKENIZERS_PARALLELISM": "false",
     }
     command = [sys.executable, "-m", "synthgen.cli", "build", str(recipe_path), "--out", str(out_dir), "--overwrite"]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        raise RuntimeError(f"synthgen build exited {done.returncode}: " + " | ".join(tail))
+    seconds = timed_process(command, env, "synthgen build")
     return {
         "seconds": seconds,
         "images": sum(class_counts_from(recipe_data).values()),
@@ -231,11 +237,6 @@ def run_stock_process(model_path: Path, cfg: BenchConfig, resolution: int, work:
         "--guidance", str(cfg.guidance), "--resolution", str(resolution),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        raise RuntimeError(f"stock script exited {done.returncode}: " + " | ".join(tail))
+    seconds = timed_process(command, env, "stock script")
     images = sum(1 for _ in out.glob("*.png"))
     return {"seconds": seconds, "images": images, "images_per_s": images / seconds}
