@@ -12,24 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from synthgen.audit.detection import local_features
+from synthgen.audit.detection import keypoint_matching
 from synthgen.audit.detection import regions as regions_module
 from synthgen.audit.detection.copydetect import CopyDetector, _Best
 from synthgen.audit.detection.evidence import KEYPOINTS, REGION
-from synthgen.audit.detection.local_features import (
-    EMPTY,
+from synthgen.audit.detection.keypoint_matching import (
     MAX_ROTATION,
     MAX_SCALE,
     NO_GEOMETRY,
     ROTATION_STEP,
-    FeatureExtractor,
-    Features,
     Geometry,
     correspondences,
     fit_geometry,
     verify_geometry,
-    working_gray,
 )
+from synthgen.audit.detection.local_features import EMPTY, FeatureExtractor, Features, working_gray
 from synthgen.audit.detection.regions import FINE_SCALES
 from synthgen.audit.index import index_backends
 from synthgen.sources import open_source
@@ -119,7 +116,7 @@ def test_batched_matching_equals_opencv_pair_by_pair(features: list[Features]) -
 def test_matching_in_groups_of_training_images(features: list[Features], monkeypatch: pytest.MonkeyPatch) -> None:
     """Bounded buffers (a few training images at a time) give the same matches as one product."""
     whole = [correspondences(query, features) for query in features[:6]]
-    monkeypatch.setattr(local_features, "MATCH_BLOCK", 60_000)
+    monkeypatch.setattr(keypoint_matching, "MATCH_BLOCK", 60_000)
     for query, expected in zip(features[:6], whole, strict=True):
         found = correspondences(query, features)
         assert all(

@@ -1,7 +1,8 @@
 """The recipe: a validated YAML description of one synthetic dataset (model, classes, sampling, audit, output).
 
-`schema` holds the pydantic models; `loading` reads a file and turns every failure into one line naming the
-file and field. Callers import from here.
+`schema` holds the pydantic models (`model_schema` the `model:` and `privacy:` blocks, `eval_schema` the `eval:`
+block); `loading` reads a file and turns every failure into one line naming the file and field. Callers import
+from here.
 """
 
 from synthgen.recipe.eval_schema import EvalConfig
@@ -13,20 +14,22 @@ from synthgen.recipe.loading import (
     load_recipe,
     parse_recipe,
 )
+from synthgen.recipe.model_schema import (
+    LoRAConfig,
+    ModelConfig,
+    PrivacyConfig,
+    TextEncoderConfig,
+    TrainingConfig,
+    TrainingLoopConfig,
+)
 from synthgen.recipe.schema import (
     AuditConfig,
     ClassConfig,
     LoadedRecipe,
-    LoRAConfig,
-    ModelConfig,
     OutputConfig,
-    PrivacyConfig,
     PromptTemplate,
     Recipe,
     SamplingConfig,
-    TextEncoderConfig,
-    TrainingConfig,
-    TrainingLoopConfig,
 )
 
 __all__ = [

@@ -14,7 +14,8 @@ import yaml
 from pydantic import ValidationError
 
 from synthgen.errors import SynthgenError
-from synthgen.recipe.schema import NAME_PATTERN, FieldError, LoadedRecipe, Recipe, describe_value
+from synthgen.recipe.schema import NAME_PATTERN, LoadedRecipe, Recipe, describe_value
+from synthgen.recipe.schema_base import FieldError
 from synthgen.sources.spec import SourceSpec
 
 _UNION_BRANCHES = ("str", "constrained-str", "PromptTemplate")

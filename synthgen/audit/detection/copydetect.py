@@ -35,15 +35,12 @@ import numpy as np
 from PIL import Image
 
 from synthgen.audit.detection.evidence import KEYPOINTS, PIXEL, REGION, Evidence, geometric_evidence, pixel_evidence
+from synthgen.audit.detection.keypoint_matching import MAX_SCALE, Geometry, correspondences, fit_geometry
 from synthgen.audit.detection.local_features import (
-    MAX_SCALE,
     WORK_SIDE,
     CommonStructure,
     Features,
-    Geometry,
     Vocabulary,
-    correspondences,
-    fit_geometry,
     spread,
     working_gray,
     working_size,

@@ -35,7 +35,13 @@ if TYPE_CHECKING:
 CACHE_FORMAT = 1
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
-FIT_CODE = ("copydetect.py", "local_features.py", "regions.py", "fit_cache.py")  # what the fitted state depends on
+FIT_CODE = (  # what the fitted state depends on
+    "copydetect.py",
+    "local_features.py",
+    "keypoint_matching.py",
+    "regions.py",
+    "fit_cache.py",
+)
 CALIBRATION_CODE = ("calibrate.py", "grouping.py", "../../sources/groups.py")
 
 

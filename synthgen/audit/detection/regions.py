@@ -25,15 +25,13 @@ import math
 import numpy as np
 from PIL import Image
 
+from synthgen.audit.detection.keypoint_matching import MAX_SCALE, Geometry, verify_geometry
 from synthgen.audit.detection.local_features import (
-    MAX_SCALE,
     WORK_SIDE,
     CommonStructure,
     Features,
-    Geometry,
     Vocabulary,
     spread,
-    verify_geometry,
     working_gray,
 )
 from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
