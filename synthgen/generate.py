@@ -10,19 +10,22 @@ import functools
 import inspect
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from synthgen import __version__
 from synthgen.errors import SynthgenError
 from synthgen.generation.batching import auto_batch_size, numerics_record
 from synthgen.generation.prompts import PromptEmbeddings, caches_prompts
-from synthgen.generation.streams import Streams, WaitClock, plan_streams, stop_callback, stream_copy
+from synthgen.generation.streams import Streams, WaitClock, Work, plan_streams, stop_callback, stream_copy
 from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
 from synthgen.runtime import ray_cpus, torch_threads, use_cpu_threads
 from synthgen.sample import Sample
+
+# Jobs to sample together, and what takes their samples (in job order) and may return a follow-up group.
+Group = tuple[list[Job], Callable[[list[Sample]], "Group | None"]]
 
 SCHEDULERS = {
     "ddim": ("DDIMScheduler", {}),
@@ -198,27 +201,60 @@ class Generator:
         as its images exist, on the calling thread, in job order (a build encodes and audits there), while the
         streams sample the next batches. `clock` (and `self.wait`) gets how long the denoiser waited on that.
         """
+        made: list[Sample] = []
+        self.generate_groups(iter([(jobs, made.extend)]), [job.prompt for job in jobs], progress, finish, clock)
+        return made
+
+    def generate_groups(
+        self,
+        groups: Iterator[Group],
+        prompts: list[str],
+        progress: Callable[[int, int], None] | None = None,
+        finish: Callable[[list[Sample]], None] | None = None,
+        clock: WaitClock | None = None,
+    ) -> None:
+        """Sample group after group (a build: shard after shard) with one set of streams, so no stream idles at
+        a group's end while its last batches are finished.
+
+        Each group's jobs are cut into batches of `batch_size` (the same batches as `generate(jobs)`: the same
+        bytes). `finish` and `progress` as in `generate`; a group's `done(samples)` runs on the calling thread
+        after its last batch, with its samples in job order, and may return a follow-up group (a shard's
+        retries), which is sampled next, ahead of the groups still to come. `groups` is read lazily, a group at
+        a time when the streams run out of work; `prompts`: every prompt any group may use (encoded up front).
+        """
         import torch
 
-        samples: list[Sample] = []
-        batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
+        def work(jobs: list[Job], done: Callable[[list[Sample]], Group | None]) -> list[Work]:
+            batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
+            samples: list[Sample] = []
 
-        def finished(index: int, images: Callable[[], list[Any]]) -> None:
-            samples.extend(self._finish(batches[index], images, finish))
-            if progress:
-                progress(len(samples), len(jobs))
+            def finished(batch: list[Job], images: Callable[[], list[Any]]) -> list[Work] | None:
+                samples.extend(self._finish(batch, images, finish))
+                if progress:
+                    progress(len(samples), len(jobs))
+                if len(samples) < len(jobs):
+                    return None
+                follow = done(samples)
+                return work(*follow) if follow is not None and follow[0] else None
+
+            return [(functools.partial(self._denoise, batch), functools.partial(finished, batch)) for batch in batches]
+
+        def feed() -> list[Work]:
+            for jobs, done in groups:
+                if jobs:
+                    return work(jobs, done)
+                done([])
+            return []
 
         # Everything here (prompt encoding, decoding) runs with a stream's threads: the same numerics whatever
         # the number of streams.
         with torch_threads(self.threads), torch.inference_mode():
             if self.prompts is not None:
-                self.prompts.warm([job.prompt for job in jobs])  # streams only read the cached rows
-            tasks = [functools.partial(self._denoise, batch) for batch in batches]
-            waited, total = Streams(self.streams, self.threads, self.overlap).run(tasks, finished)
+                self.prompts.warm(prompts)  # streams only read the cached rows
+            waited, total = Streams(self.streams, self.threads, self.overlap).run_feed(feed)
         for record in (self.wait, clock):
             if record is not None:
                 record.add(waited, total, self.streams, self.threads)
-        return samples
 
     def _denoise(self, jobs: list[Job], stream: int = 0, stop: threading.Event | None = None) -> Callable[[], Any]:
         """Run the sampler on `jobs` with stream `stream`'s pipeline; returns what makes their PIL images

@@ -1,7 +1,9 @@
-"""One shard's work: generate its jobs, audit the samples, and regenerate dropped copies with fresh seeds.
+"""A shard's work: generate its jobs, audit the samples, and regenerate dropped copies with fresh seeds.
 
 Shared by every engine that runs shards (the local loop in `build`, and workers elsewhere): it holds no files
 and no output folder, only the generator and the auditor, and returns the kept samples plus the audit log.
+`run` does one shard (a Ray task); `run_many` runs the local engine's shards through one set of denoising
+streams, so the streams never stop at a shard's end.
 Each batch is encoded for the shards and audited as soon as its images exist (on the generator's finishing
 thread, while the denoising streams sample the next ones); verdicts are then applied in job order, so the
 result is the same as generating everything first and auditing after. `wait` sums, over every shard this
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from synthgen.generation.streams import WaitClock
 from synthgen.plan import Job, Shard
@@ -21,9 +23,48 @@ from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Reporter
 from synthgen.sample import Sample
 
+if TYPE_CHECKING:
+    from synthgen.generate import Group
+
+
+class _ShardAudit:
+    """One shard's audit bookkeeping: its log, the samples kept so far, and which jobs to sample again."""
+
+    def __init__(self, shard: Shard, builder: ShardBuilder) -> None:
+        from synthgen.audit import AuditLog
+
+        self.shard, self.builder = shard, builder
+        self.log = AuditLog(builder.auditor) if builder.auditor else None
+        self.kept: dict[str, Sample] = {}
+
+    def apply(self, jobs: list[Job], samples: list[Sample], verdicts: dict[str, Any]) -> list[Job]:
+        """Take the verdicts of one pass over `jobs`; returns the jobs to sample again (dropped copies with tries
+        left)."""
+        if self.log is None:
+            self.kept.update((s.key, s) for s in samples)
+            return []
+        auditor, audit, retry = self.builder.auditor, self.builder.recipe.audit, []
+        for job, sample in zip(jobs, samples, strict=True):
+            verdict = verdicts.pop(sample.key)
+            sample.metadata.update(auditor.sample_metadata(verdict))
+            drop = verdict.flagged and audit.action == "drop"
+            self.log.add(sample, verdict, dropped=drop, attempt=job.attempt)
+            if not drop:
+                self.kept[job.key] = sample
+            elif job.attempt < audit.max_retries:
+                retry.append(job.retry())
+            else:
+                self.builder.reporter.log(
+                    f"{job.key}: still a copy after {job.attempt + 1} tries; left out", warning=True
+                )
+        return retry
+
+    def result(self) -> tuple[list[Sample], Any]:
+        return [self.kept[job.key] for job in self.shard.jobs if job.key in self.kept], self.log
+
 
 class ShardBuilder:
-    """Generates one shard's samples, audits them and replaces dropped copies with fresh seeds."""
+    """Generates shards' samples, audits them and replaces dropped copies with fresh seeds."""
 
     def __init__(self, loaded: LoadedRecipe, generator: Callable[[], Any], auditor, reporter: Reporter):
         self.recipe = loaded.recipe
@@ -33,32 +74,43 @@ class ShardBuilder:
         self.wait = WaitClock()  # calls == 0 until something was generated
 
     def run(self, shard: Shard) -> tuple[list[Sample], Any]:
-        from synthgen.audit import AuditLog
-
-        log = AuditLog(self.auditor) if self.auditor else None
-        kept: dict[str, Sample] = {}
+        """One shard: (kept samples in job order, its audit log or None)."""
+        state = _ShardAudit(shard, self)
         pending: list[Job] = list(shard.jobs)
-        audit = self.recipe.audit
         while pending:
             verdicts: dict[str, Any] = {}
-            samples = self._generate(pending, verdicts if log is not None else None)
-            if log is None:
-                kept.update((s.key, s) for s in samples)
-                break
-            retry: list[Job] = []
-            for job, sample in zip(pending, samples, strict=True):
-                verdict = verdicts[sample.key]
-                sample.metadata.update(self.auditor.sample_metadata(verdict))
-                drop = verdict.flagged and audit.action == "drop"
-                log.add(sample, verdict, dropped=drop, attempt=job.attempt)
-                if not drop:
-                    kept[job.key] = sample
-                elif job.attempt < audit.max_retries:
-                    retry.append(job.retry())
-                else:
-                    self.reporter.log(f"{job.key}: still a copy after {job.attempt + 1} tries; left out", warning=True)
-            pending = retry
-        return [kept[job.key] for job in shard.jobs if job.key in kept], log
+            samples = self._generate(pending, verdicts if state.log is not None else None)
+            pending = state.apply(pending, samples, verdicts)
+        return state.result()
+
+    def run_many(self, shards: Sequence[Shard], done: Callable[[Shard, list[Sample], Any], None]) -> None:
+        """Every shard of `shards`, calling `done(shard, samples, log)` as each is complete (not necessarily in
+        order: a shard with retries completes after the shards sampled meanwhile). One set of denoising streams
+        runs through all of them, so the streams sample the next shard while the last batches of one are
+        finished and written; each shard's batches, and so its bytes, are those of `run(shard)`."""
+        generator = self.generator()
+        if not hasattr(generator, "generate_groups"):  # a generator of another kind (tests): shard by shard
+            for shard in shards:
+                done(shard, *self.run(shard))
+            return
+        verdicts: dict[str, Any] | None = {} if self.auditor else None
+
+        def group(state: _ShardAudit, jobs: list[Job]) -> Group:
+            def complete(samples: list[Sample]) -> Group | None:
+                retry = state.apply(jobs, samples, verdicts if verdicts is not None else {})
+                if retry:
+                    return group(state, retry)
+                done(state.shard, *state.result())
+                return None
+
+            return jobs, complete
+
+        groups = (group(_ShardAudit(shard, self), list(shard.jobs)) for shard in shards)
+        prompts = [job.prompt for shard in shards for job in shard.jobs]
+        generator.generate_groups(groups, prompts, self._progress(), self._finish(verdicts), self.wait)
+
+    def _progress(self) -> Callable[[int, int], None]:
+        return functools.partial(self.reporter.progress, "generating")
 
     def _finish(self, verdicts: dict[str, Any] | None) -> Callable[[list[Sample]], None]:
         """What happens to each batch where its images are made: encoding for the shards, then the audit check."""
@@ -75,8 +127,7 @@ class ShardBuilder:
         return finish
 
     def _generate(self, jobs: list[Job], verdicts: dict[str, Any] | None) -> list[Sample]:
-        generator, finish = self.generator(), self._finish(verdicts)
-        progress = functools.partial(self.reporter.progress, "generating")
+        generator, finish, progress = self.generator(), self._finish(verdicts), self._progress()
         parameters = inspect.signature(generator.generate).parameters
         if "clock" in parameters:
             return generator.generate(jobs, progress, finish=finish, clock=self.wait)

@@ -214,13 +214,13 @@ def test_damaged_shards_are_named_by_inspect_and_exactly_they_are_rebuilt(built,
     assert result.exit_code == 1 and "shard(s) 0, 1, 2 differ" in result.output
 
     generated: list[int] = []
-    original_run = ShardBuilder.run
+    original_run_many = ShardBuilder.run_many
 
-    def counting(self, shard):
-        generated.append(shard.index)
-        return original_run(self, shard)
+    def counting(self, shards, done):
+        generated.extend(shard.index for shard in shards)
+        return original_run_many(self, shards, done)
 
-    monkeypatch.setattr(ShardBuilder, "run", counting)
+    monkeypatch.setattr(ShardBuilder, "run_many", counting)
     result = runner.invoke(app, target.args(run))
     assert result.exit_code == 0, result.output
     assert generated == [0, 1, 2] and "shards written 3, resumed 1" in result.output

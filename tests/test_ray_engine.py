@@ -7,6 +7,7 @@ and the command rerun. One thread everywhere (the local build too: thread counts
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from synthgen.cli import app  # noqa: E402
 from synthgen.engines import make_engine  # noqa: E402
 from synthgen.engines.ray_engine import RayEngine, Slots, plan_slots  # noqa: E402
 from synthgen.errors import SynthgenError  # noqa: E402
+from synthgen.generation.streams import WaitClock  # noqa: E402
 from synthgen.output.shard_set import load_completed  # noqa: E402
 from synthgen.recipe import load_recipe  # noqa: E402
 from synthgen.runtime import Reporter  # noqa: E402
@@ -122,6 +124,12 @@ def test_ray_build_has_the_local_builds_bytes(work: Path, expected: dict, cluste
     assert result.exit_code == 0, result.output
     assert "shards written 4, resumed 0" in result.output
     same_as_local(out, expected)
+    generation = json.loads((out / "manifest.json").read_text())["generation"]  # the workers' clocks, summed
+    local = json.loads((work / "local" / "manifest.json").read_text())["generation"]
+    assert generation is not None and generation.keys() == local.keys(), (generation, local)
+    assert (generation["streams"], generation["threads_per_stream"]) == (local["streams"], 1)
+    assert 0 <= generation["denoiser_waited_s"] <= generation["generation_s"] and generation["generation_s"] > 0
+    assert "generation: denoiser waited" in result.output, result.output
     again = CliRunner().invoke(app, args)  # finished: nothing for the cluster to do
     assert again.exit_code == 0 and "shards written 0, resumed 4" in again.output, again.output
 
@@ -219,6 +227,17 @@ def test_ray_workers_take_the_cpus_ray_gives_them(cluster) -> None:
         return cpu_threads()
 
     assert ray.get(threads.remote(), timeout=WAIT) == 1  # Ray's allocation, not OMP_NUM_THREADS or the machine
+
+
+def test_wait_clocks_of_shards_sum() -> None:
+    """What the driver does with each accepted shard's clock: seconds add up, an empty clock adds nothing."""
+    driver, shard = WaitClock(), WaitClock()
+    shard.add(0.5, 2.0, 2, 1)
+    shard.add(0.25, 1.0, 2, 1)
+    for clock in (shard, WaitClock(), shard):
+        driver.merge(clock)
+    assert (driver.waited, driver.total, driver.calls) == (1.5, 6.0, 4)
+    assert driver.record() == {"streams": 2, "threads_per_stream": 1, "denoiser_waited_s": 1.5, "generation_s": 6.0}
 
 
 def test_slots_one_worker_per_gpu_else_per_threads_cpus() -> None:

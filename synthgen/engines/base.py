@@ -34,7 +34,9 @@ class ShardRun:
     folder: OutputFolder
     plan: Plan
     shard_set: ShardSet
-    builder: ShardBuilder  # generates in this process (the local engine); its auditor is the build's, fitted once
+    # generates in this process (the local engine); its auditor is the build's, fitted once; its `wait` clock is
+    # what `build` logs and records under manifest `generation` (the Ray engine merges its workers' clocks into it)
+    builder: ShardBuilder
     model: ModelRef
     provenance: dict[str, Any]
     reporter: Reporter = field(default_factory=Reporter)

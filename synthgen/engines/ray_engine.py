@@ -5,7 +5,10 @@ folder's lock, the shard markers, the audit state and the manifest. It fits and 
 gives every worker the same threshold. Workers write shard files atomically to the output folder, which every
 node must see at the same path, and return only records; the driver re-hashes the files before it writes a
 marker. A worker that dies (process killed, node gone) loses its shard, which goes to another worker; a driver
-that dies is resumed by running the same command again. See docs/ray.md.
+that dies is resumed by running the same command again. Each accepted shard's wait clock is merged into the
+driver's `run.builder.wait`, which `build` logs and records in the manifest as for a local build: seconds are
+summed over shards (worker-seconds, not wall time), a retried shard counting once, for the attempt that
+succeeded (a dead or rejected attempt returns nothing). See docs/ray.md.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class RayEngine:
                     run.save_audit(shard.index, outcome.audit_state)
                     run.shard_set.write_marker(outcome.record)  # last: the shard is done
                     records[shard.index] = outcome.record
+                    run.builder.wait.merge(outcome.wait)  # build logs and records it, as for the local engine
                     run.reporter.progress("shards", len(records), total)
         finally:
             if started:

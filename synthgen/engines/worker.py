@@ -1,18 +1,19 @@
 """One Ray actor's work, without Ray: load the model and the auditor once, then write whole shards.
 
 A worker generates and audits a shard (`ShardBuilder`, the same code as the local engine), writes its files
-atomically to the shared output folder (`ShardSet.write_files`) and returns only their record and the audit
-rows: images never travel back. It never writes a marker: the driver does that, so a worker that dies leaves
-a shard that is simply not done.
+atomically to the shared output folder (`ShardSet.write_files`) and returns only their record, the audit rows
+and the shard's generation wait clock (a few numbers): images never travel back. It never writes a marker: the
+driver does that, so a worker that dies leaves a shard that is simply not done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from synthgen.engines.base import ModelRef
+from synthgen.generation.streams import WaitClock
 from synthgen.plan import Shard
 from synthgen.recipe import LoadedRecipe
 from synthgen.runtime import Reporter
@@ -33,12 +34,14 @@ class WorkerSpec:
 
 @dataclass
 class ShardOutcome:
-    """What a worker returns for one shard: its files' record, its audit rows, and lines for the user."""
+    """What a worker returns for one shard: its files' record, its audit rows, lines for the user, and how long
+    its denoiser waited on the finishing thread (this shard only; the driver sums the shards it accepts)."""
 
     record: Any  # output.shard_set.ShardRecord
     audit_state: dict[str, Any] | None
     messages: list[tuple[str, bool]]
     node: str = ""
+    wait: WaitClock = field(default_factory=WaitClock)
 
 
 class _Collect(Reporter):
@@ -100,12 +103,13 @@ class ShardWorker:
         """Generate, audit and write shard `shard` (files only); returns its record and audit rows."""
         assert self.builder is not None and self.shard_set is not None, "setup() first"
         self.reporter.messages = []
+        self.builder.wait = WaitClock()  # this shard's figures alone: a retried shard is counted where it succeeds
         samples, log = self.builder.run(shard)
         if self.spec.hook is not None:
             self.spec.hook(shard)
         record = self.shard_set.write_files(shard.index, samples)
         state = log.state() if log is not None else None
-        return ShardOutcome(record, state, list(self.reporter.messages), _host())
+        return ShardOutcome(record, state, list(self.reporter.messages), _host(), self.builder.wait)
 
 
 def _host() -> str:

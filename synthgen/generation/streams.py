@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -46,6 +47,14 @@ class WaitClock:
         self.total += total
         self.streams, self.threads = streams, threads
         self.calls += 1
+
+    def merge(self, other: WaitClock) -> None:
+        """Add another clock's figures (a Ray worker's, for one shard): seconds are summed, so over several
+        workers `total` is worker-seconds of generation, not the build's wall time; streams and threads are the
+        last merged clock's (the driver gives every worker the same threads). An empty clock adds nothing."""
+        if other.calls:
+            self.add(other.waited, other.total, other.streams, other.threads)
+            self.calls += other.calls - 1
 
     def line(self) -> str:
         return (
@@ -118,30 +127,59 @@ def plan_streams(
     return count, max(1, threads // count)
 
 
-class _Board:
-    """What the streams and the finishing thread share: results by batch, how many were taken, the first
-    failure, and the stop flag; one condition variable guards them all."""
+Work = tuple[Task, Callable[[Any], "list[Work] | None"]]  # a batch to denoise, and what finishes its result
+Feed = Callable[[], "list[Work]"]  # the next work items when the queue runs dry; [] once there are no more
 
-    def __init__(self, window: int) -> None:
+
+class _Board:
+    """What the streams and the finishing thread share: the queue of work not yet started, results by index,
+    how far the finishing thread got, the first failure, and the stop flag; one condition variable guards them.
+
+    Work gets its index when a stream claims it, so the finishing thread finishes in claim order. The queue is
+    refilled from `feed` only when it runs dry, and work a finish returns (a shard's retries) goes to its front:
+    a few groups are in flight at a time, whatever the number still to come."""
+
+    def __init__(self, window: int, feed: Feed) -> None:
         self.cond = threading.Condition()
+        self.queue: deque[Work] = deque()
+        self.feed = feed
+        self.finishers: dict[int, Callable[[Any], list[Work] | None]] = {}
         self.results: dict[int, Any] = {}
-        self.taken = 0  # batches handed to the finishing thread so far
+        self.claimed = 0  # work items handed to streams so far (the next one gets this index)
+        self.taken = 0  # results handed to the finishing thread so far
         self.window = window
         self.failure: tuple[int, int, BaseException] | None = None
         self.stop = threading.Event()
         self.last_done = 0.0  # perf_counter when a stream last put a batch
 
-    def wait_turn(self, index: int) -> bool:
-        """Block while batch `index` would run too far ahead of the finishing thread; False once stopping."""
+    def _refill(self) -> None:
+        if not self.queue:
+            self.queue.extend(self.feed())
+
+    def claim(self) -> tuple[int, Task] | None:
+        """The next work item for a stream, waiting while it would run too far ahead of the finishing thread or
+        while nothing is queued (a finish may still add a shard's retries); None once stopping."""
         with self.cond:
-            while index >= self.taken + self.window and not self.stop.is_set():
+            while not self.stop.is_set():
+                if self.claimed < self.taken + self.window:
+                    self._refill()
+                    if self.queue:
+                        task, finisher = self.queue.popleft()
+                        index, self.claimed = self.claimed, self.claimed + 1
+                        self.finishers[index] = finisher
+                        return index, task
                 self.cond.wait()
-            return not self.stop.is_set()
+            return None
 
     def put(self, index: int, value: Any) -> None:
         with self.cond:
             self.results[index] = value
             self.last_done = time.perf_counter()
+            self.cond.notify_all()
+
+    def push_front(self, work: list[Work]) -> None:
+        with self.cond:
+            self.queue.extendleft(reversed(work))
             self.cond.notify_all()
 
     def fail(self, stream: int, index: int, error: BaseException) -> None:
@@ -155,10 +193,16 @@ class _Board:
             self.stop.set()
             self.cond.notify_all()
 
-    def take(self, index: int) -> Any:
-        """Batch `index` once a stream made it; the first stream failure instead, as soon as there is one."""
+    def take(self, index: int) -> tuple[Any, Callable[[Any], list[Work] | None]] | None:
+        """Result `index` and its finisher once a stream made it; None when there is no more work (everything
+        claimed is finished, nothing is queued, the feed is dry); the first stream failure instead, as soon as
+        there is one."""
         with self.cond:
             while index not in self.results and self.failure is None:
+                if index >= self.claimed:
+                    self._refill()
+                    if not self.queue:
+                        return None
                 self.cond.wait()
             if self.failure is not None:
                 stream, batch, error = self.failure
@@ -166,13 +210,19 @@ class _Board:
                 raise error
             self.taken = index + 1
             self.cond.notify_all()
-            return self.results.pop(index)
+            return self.results.pop(index), self.finishers.pop(index)
+
+
+def _once(work: list[Work]) -> Feed:
+    """A feed that gives `work` once, then nothing."""
+    given = [work]
+    return lambda: given.pop() if given else []
 
 
 class Streams:
-    """Runs denoising tasks on `count` streams of `threads` torch threads each; `run` finishes their results in
-    task order on the calling thread. One stream without `overlap` runs everything inline, one batch after the
-    other (no CPU to spare for a second thread)."""
+    """Runs denoising work on `count` streams of `threads` torch threads each and finishes the results in claim
+    order on the calling thread. One stream without `overlap` runs everything inline, one batch after the other
+    (no CPU to spare for a second thread)."""
 
     def __init__(self, count: int, threads: int, overlap: bool = True, depth: int = 1) -> None:
         self.count, self.threads, self.depth = count, threads, depth
@@ -181,55 +231,73 @@ class Streams:
     def run(self, tasks: Sequence[Task], finish: Callable[[int, Any], None]) -> tuple[float, float]:
         """Denoise every task and call `finish(k, result)` in task order here; returns (waited, total) seconds:
         how long the denoiser waited on `finish`, and the wall time of the whole run."""
+
+        def finisher(k: int) -> Callable[[Any], None]:
+            return lambda result: finish(k, result)
+
+        return self.run_feed(_once([(task, finisher(k)) for k, task in enumerate(tasks)]))
+
+    def run_feed(self, feed: Feed) -> tuple[float, float]:
+        """Denoise work from `feed` until it is dry and every finisher ran (a finisher may return more work: it
+        runs next); returns (waited, total) seconds as `run` does."""
         started = time.perf_counter()
-        waited = self._inline(tasks, finish) if self.inline else self._concurrent(tasks, finish)
+        waited = self._inline(feed) if self.inline else self._concurrent(feed)
         return waited, time.perf_counter() - started
 
-    def _inline(self, tasks: Sequence[Task], finish: Callable[[int, Any], None]) -> float:
-        waited, never = 0.0, threading.Event()
-        for index, task in enumerate(tasks):
+    def _inline(self, feed: Feed) -> float:
+        waited, never, queue = 0.0, threading.Event(), deque[Work]()
+        while True:
+            if not queue:
+                queue.extend(feed())
+                if not queue:
+                    return waited
+            task, finisher = queue.popleft()
             result = task(0, never)
             began = time.perf_counter()
-            finish(index, result)
+            queue.extendleft(reversed(finisher(result) or []))
             waited += time.perf_counter() - began  # the denoiser is idle while this thread finishes
-        return waited
 
-    def _concurrent(self, tasks: Sequence[Task], finish: Callable[[int, Any], None]) -> float:
-        """Streams on their own threads; this thread finishes. Waiting = the streams' mean back-pressure time
-        plus the drain (from the last batch denoised to the last one finished)."""
-        count = min(self.count, len(tasks))
-        board = _Board(self.count + self.depth)
-        blocked = [0.0] * count
+    def _concurrent(self, feed: Feed) -> float:
+        """Streams on their own threads; this thread finishes. Waiting = the streams' mean time blocked (back-
+        pressure, or no work until a finish adds some) plus the drain (last batch denoised to last finished)."""
+        board = _Board(self.count + self.depth, feed)
+        blocked = [0.0] * self.count
         workers = [
-            threading.Thread(
-                target=self._stream, args=(stream, count, tasks, board, blocked), name=f"synthgen-stream-{stream}"
-            )
-            for stream in range(count)
+            threading.Thread(target=self._stream, args=(stream, board, blocked), name=f"synthgen-stream-{stream}")
+            for stream in range(self.count)
         ]
         for worker in workers:
             worker.start()
+        index, drain = 0, 0.0
         try:
-            for index in range(len(tasks)):
-                finish(index, board.take(index))
-            drain = time.perf_counter() - board.last_done if tasks else 0.0
+            while (item := board.take(index)) is not None:
+                result, finisher = item
+                more = finisher(result)
+                if more:
+                    board.push_front(more)
+                index += 1
+            drain = time.perf_counter() - board.last_done if index else 0.0
         finally:
             board.halt()  # a failure here (finish, or a stream's error re-raised) stops the other streams
             for worker in workers:
                 worker.join()
-        return sum(blocked) / max(1, count) + max(0.0, drain)
+        # A stream still waiting for work when the run ended counts until the end: the drain covers that span.
+        return sum(blocked) / max(1, self.count) + max(0.0, drain)
 
-    def _stream(self, stream: int, count: int, tasks: Sequence[Task], board: _Board, blocked: list[float]) -> None:
-        """Stream `stream`: batches stream, stream + count, ... with its own torch thread count."""
+    def _stream(self, stream: int, board: _Board, blocked: list[float]) -> None:
+        """Stream `stream`: claims the next work item, denoises it with its own torch thread count, repeats."""
         import torch
 
         with torch_threads(self.threads), torch.inference_mode():  # both are per thread
-            for index in range(stream, len(tasks), count):
+            while True:
                 began = time.perf_counter()
-                if not board.wait_turn(index):
+                claimed = board.claim()
+                if claimed is None:
                     return
                 blocked[stream] += time.perf_counter() - began
+                index, task = claimed
                 try:
-                    result = tasks[index](stream, board.stop)
+                    result = task(stream, board.stop)
                 except StreamStopped:
                     return
                 except BaseException as error:  # noqa: BLE001 - handed to the finishing thread, raised there
