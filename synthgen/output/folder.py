@@ -2,7 +2,9 @@
 
 An output folder belongs to one recipe (its sha256 is in `.synthgen/build.json`): building another recipe
 into it is refused unless `--overwrite`, and a non-empty folder that is not a synthgen output is never
-touched. Everything else in synthgen asks this class for paths under `.synthgen/` instead of spelling them.
+touched. Resuming is refused when the finished shards have another layout than this synthgen writes
+(`layout.py`: a version that added a column would mix two schemas). Everything else in synthgen asks
+this class for paths under `.synthgen/` instead of spelling them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class OutputFolder:
             raise SynthgenError(f"output.dir: {self.path} exists and is a file")
         if self.build_file.is_file():
             if self._built_by(loaded):
+                self._check_layout(loaded)
                 return f"{self.path} (resumes the build there)"
             if not overwrite:
                 raise SynthgenError(
@@ -73,6 +76,13 @@ class OutputFolder:
                 f"output.dir: {self.path} exists and is not a synthgen output; choose an empty or new folder"
             )
         return str(self.path)
+
+    def _check_layout(self, loaded: LoadedRecipe) -> None:
+        """A resume must not mix two shard layouts (another synthgen version's columns): see `layout.py`."""
+        from synthgen.output.layout import check_resume_layout  # pyarrow: only when there is a build to resume
+
+        output = loaded.recipe.output
+        check_resume_layout(self.path, self.markers(), output.formats, output.image_format, list(loaded.recipe.classes))
 
     def claim(self, loaded: LoadedRecipe, overwrite: bool) -> None:
         """Make the folder this recipe's (`check` decides whether that is allowed); --overwrite clears another's."""

@@ -20,6 +20,7 @@ from typing import Any
 from synthgen.atomic import DISK_FULL, write_json
 from synthgen.errors import SynthgenError
 from synthgen.output.folder import OutputFolder
+from synthgen.output.layout import shard_layout
 from synthgen.output.writers import (
     FORMATS,
     WRITERS,
@@ -42,6 +43,7 @@ class ShardRecord:
     files: list[ShardFile]
     keys: list[str]
     class_counts: dict[str, int] = field(default_factory=dict)
+    layout: dict[str, Any] | None = None  # what the files were written with (`layout.py`); None: older markers
 
     @property
     def formats(self) -> set[str]:
@@ -51,7 +53,8 @@ class ShardRecord:
     def from_dict(cls, data: Mapping[str, Any]) -> ShardRecord:
         files = [ShardFile(**f) for f in data["files"]]
         counts = {str(k): int(v) for k, v in data["class_counts"].items()}
-        return cls(int(data["index"]), files, list(data["keys"]), counts)
+        layout = data.get("layout")
+        return cls(int(data["index"]), files, list(data["keys"]), counts, layout if isinstance(layout, dict) else None)
 
 
 def _valid_record(out_dir: Path, marker: Path) -> ShardRecord | None:
@@ -104,6 +107,7 @@ class ShardSet:
             raise ValueError(f"unknown output format(s) {unknown}: use {list(FORMATS)}")
         self.image_format = check_image_format(image_format)
         self.jpeg_quality = jpeg_quality
+        self.layout = shard_layout(self.image_format, self.classes)  # recorded in every marker
 
     def is_complete(self, index: int, record: ShardRecord | None = None) -> bool:
         """Whether shard `index` is on disk in every format; pass a `load_completed` record to skip re-hashing."""
@@ -183,7 +187,7 @@ class ShardSet:
         except BaseException:
             self._remove_files(writers)
             raise
-        return ShardRecord(index, files, [s.key for s in samples], dict(sorted(labels.items())))
+        return ShardRecord(index, files, [s.key for s in samples], dict(sorted(labels.items())), self.layout)
 
     @staticmethod
     def _remove_files(writers: list[ShardWriter]) -> None:

@@ -305,6 +305,7 @@ class WebDatasetShardWriter(ShardWriter):
     """
 
     format, folder, suffix = "webdataset", "webdataset", "tar"
+    members = ("json", "txt", "cls")  # after the image, in this order (part of the shard layout, `layout.py`)
 
     _tar: tarfile.TarFile | None = None
     _handle: IO[bytes] | None = None
@@ -323,10 +324,11 @@ class WebDatasetShardWriter(ShardWriter):
 
     def _write(self, key: str, image_bytes: bytes, record: dict[str, Any]) -> None:
         meta = json.dumps({"key": key, **record}, ensure_ascii=False, separators=(",", ":"))
+        parts = {"json": meta.encode("utf-8"), "txt": record["prompt"].encode("utf-8")}
+        parts["cls"] = str(record["label"]).encode("ascii")
         self._add(f"{key}.{self.ext}", image_bytes)
-        self._add(f"{key}.json", meta.encode("utf-8"))
-        self._add(f"{key}.txt", record["prompt"].encode("utf-8"))
-        self._add(f"{key}.cls", str(record["label"]).encode("ascii"))
+        for member in self.members:
+            self._add(f"{key}.{member}", parts[member])
 
     def _close_file(self) -> None:
         try:
