@@ -49,6 +49,7 @@ def phantom_generator(mp: pytest.MonkeyPatch, swap: bool) -> None:
         return [self._sample(job, draw_phantom(kind(job.label), 99, job.seed % 100_000, 32)[0]) for job in jobs]
 
     mp.setattr(Generator, "generate", generate)
+    mp.delattr(Generator, "generate_groups")  # so the build samples shard by shard, through `generate`
 
 
 def test_build_writes_the_eval_and_reuses_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
