@@ -171,6 +171,33 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def finishing_threads(count: int) -> Iterator[None]:
+    """The block (a generator's finishing thread: decode, encode, the audit's OpenCV and FAISS calls) runs with
+    `count` threads in torch, OpenCV and FAISS, as one stream does; the previous counts come back after.
+
+    While denoising streams keep every core busy, a finishing thread that fans out to all cores in OpenCV and
+    FAISS (OpenMP teams that spin while they wait) takes CPU from the streams for nothing. Only libraries already
+    imported are limited: none is loaded here. torch's and FAISS's counts are per thread, OpenCV's is global
+    (the streams do not call OpenCV).
+    """
+    cv2, faiss = sys.modules.get("cv2"), sys.modules.get("faiss")
+    previous_cv2 = cv2.getNumThreads() if cv2 is not None else None
+    previous_faiss = faiss.omp_get_max_threads() if faiss is not None else None
+    if cv2 is not None:
+        cv2.setNumThreads(count)
+    if faiss is not None:
+        faiss.omp_set_num_threads(count)
+    try:
+        with torch_threads(count):
+            yield
+    finally:
+        if cv2 is not None and previous_cv2 is not None:
+            cv2.setNumThreads(previous_cv2)
+        if faiss is not None and previous_faiss is not None:
+            faiss.omp_set_num_threads(previous_faiss)
+
+
 def dtype_kwarg(dtype) -> dict[str, Any]:
     """diffusers renamed `torch_dtype` to `dtype` (2026, PR 14205); pass whichever this version understands."""
     from diffusers.utils import deprecation_utils

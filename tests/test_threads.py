@@ -118,3 +118,25 @@ def test_only_runtime_sets_thread_counts() -> None:
     callers = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "use_cpu_threads(" in p.read_text()}
     for module in ("generate.py", "training/harness.py", "audit/detection/auditor.py", "audit/entry.py"):
         assert module in callers
+
+
+def test_the_finishing_thread_runs_with_a_stream_s_threads(clean_env: pytest.MonkeyPatch) -> None:
+    """While streams keep every core busy, the finishing thread's torch, OpenCV and FAISS calls (decode, the audit)
+    take one stream's threads, not a pool over every core; the counts come back after."""
+    import cv2
+    import faiss
+    import torch
+
+    from synthgen.runtime import finishing_threads
+
+    before = torch.get_num_threads(), cv2.getNumThreads(), faiss.omp_get_max_threads()
+    try:
+        clean_env.setenv("SYNTHGEN_THREADS", "2")
+        use_cpu_threads(("torch", "faiss", "cv2"))
+        with finishing_threads(1):
+            assert (torch.get_num_threads(), cv2.getNumThreads(), faiss.omp_get_max_threads()) == (1, 1, 1)
+        assert (torch.get_num_threads(), cv2.getNumThreads(), faiss.omp_get_max_threads()) == (2, 2, 2)
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+        faiss.omp_set_num_threads(before[2])
