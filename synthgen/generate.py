@@ -21,7 +21,7 @@ from synthgen.generation.streams import Streams, WaitClock, Work, plan_streams, 
 from synthgen.models.loading import LoadedModel
 from synthgen.plan import Job, derive_seed
 from synthgen.recipe import SamplingConfig
-from synthgen.runtime import ray_cpus, torch_threads, use_cpu_threads
+from synthgen.runtime import finishing_threads, ray_cpus, use_cpu_threads
 from synthgen.sample import Sample
 
 # Jobs to sample together, and what takes their samples (in job order) and may return a follow-up group.
@@ -155,8 +155,11 @@ class Generator:
         size = sampling.batch_size
         self.batch_size = auto_batch_size(pipeline, self.resolution, pipeline.device) if size == "auto" else size
         device = pipeline.device
+        # Streams only for Stable-Diffusion-style pipelines, whose prompts are encoded once up front: the others
+        # (SDXL, FLUX, ...) tokenize and encode in every call, and tokenizers are not promised thread-safe.
+        setting = sampling.streams if sd_style else 1
         self.streams, self.threads = plan_streams(
-            sampling.streams, pipeline, device, cpu_threads, self.batch_size, self.resolution
+            setting, pipeline, device, cpu_threads, self.batch_size, self.resolution
         )
         used = self.streams * self.threads
         self.overlap = self.streams > 1 or (_spare_cpu(device, used) if overlap is None else overlap)
@@ -246,9 +249,9 @@ class Generator:
                 done([])
             return []
 
-        # Everything here (prompt encoding, decoding) runs with a stream's threads: the same numerics whatever
-        # the number of streams.
-        with torch_threads(self.threads), torch.inference_mode():
+        # Everything here (prompt encoding, decoding, the caller's finish: the audit) runs with a stream's threads:
+        # the same numerics whatever the number of streams, and no thread pool fanning out over the streams' cores.
+        with finishing_threads(self.threads), torch.inference_mode():
             if self.prompts is not None:
                 self.prompts.warm(prompts)  # streams only read the cached rows
             waited, total = Streams(self.streams, self.threads, self.overlap).run_feed(feed)

@@ -121,7 +121,8 @@ class SamplingConfig(_Strict):
         "auto",
         description="Denoising streams on a CPU: threads that each sample their own batches with cpu_threads / "
         "streams torch threads; auto: one one-thread stream per CPU thread (at most 8) for small models, else 1; "
-        "always 1 on CUDA and MPS. The bytes depend on the threads per stream (recorded in sampling_numerics), "
+        "always 1 on CUDA and MPS and for pipelines that are not Stable-Diffusion-style (SDXL, FLUX, Kandinsky). "
+        "The bytes depend on the threads per stream (recorded in sampling_numerics), "
         "not on the number of streams.",
     )
     seed: int = Field(0, description="Base seed; every sample's own seed derives from it.")
