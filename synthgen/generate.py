@@ -155,11 +155,8 @@ class Generator:
         size = sampling.batch_size
         self.batch_size = auto_batch_size(pipeline, self.resolution, pipeline.device) if size == "auto" else size
         device = pipeline.device
-        # Streams only for Stable-Diffusion-style pipelines, whose prompts are encoded once up front: the others
-        # (SDXL, FLUX, ...) tokenize and encode in every call, and tokenizers are not promised thread-safe.
-        setting = sampling.streams if sd_style else 1
         self.streams, self.threads = plan_streams(
-            setting, pipeline, device, cpu_threads, self.batch_size, self.resolution
+            sampling.streams, pipeline, device, cpu_threads, self.batch_size, self.resolution, sd_style
         )
         used = self.streams * self.threads
         self.overlap = self.streams > 1 or (_spare_cpu(device, used) if overlap is None else overlap)

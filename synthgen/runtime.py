@@ -121,6 +121,10 @@ def ray_cpus() -> int | None:
     return max(1, int(cpus)) if cpus else None
 
 
+# The native thread pools beside torch's that synthgen sizes: (module, getter, setter).
+_NATIVE_POOLS = (("faiss", "omp_get_max_threads", "omp_set_num_threads"), ("cv2", "getNumThreads", "setNumThreads"))
+
+
 def set_cpu_threads(value: int | str, name: str = "--threads") -> int:
     """Fix this process's thread count (the CLI's `--threads`): SYNTHGEN_THREADS, and OMP_NUM_THREADS for the
     OpenMP and BLAS pools that libraries size when they load. `name` labels a bad value in the one-line error."""
@@ -142,7 +146,7 @@ def use_cpu_threads(libraries: tuple[str, ...] = ("torch",)) -> int:
     is imported and limited; one already imported is limited too; the others are left unloaded.
     """
     count = cpu_threads()
-    for name, setter in (("torch", "set_num_threads"), ("faiss", "omp_set_num_threads"), ("cv2", "setNumThreads")):
+    for name, _, setter in (("torch", "get_num_threads", "set_num_threads"), *_NATIVE_POOLS):
         module = sys.modules.get(name)
         if module is None and name in libraries:
             try:
@@ -181,21 +185,16 @@ def finishing_threads(count: int) -> Iterator[None]:
     imported are limited: none is loaded here. torch's and FAISS's counts are per thread, OpenCV's is global
     (the streams do not call OpenCV).
     """
-    cv2, faiss = sys.modules.get("cv2"), sys.modules.get("faiss")
-    previous_cv2 = cv2.getNumThreads() if cv2 is not None else None
-    previous_faiss = faiss.omp_get_max_threads() if faiss is not None else None
-    if cv2 is not None:
-        cv2.setNumThreads(count)
-    if faiss is not None:
-        faiss.omp_set_num_threads(count)
+    loaded = [(sys.modules[name], get, put) for name, get, put in _NATIVE_POOLS if name in sys.modules]
+    previous = [getattr(module, get)() for module, get, _ in loaded]
+    for module, _, put in loaded:
+        getattr(module, put)(count)
     try:
         with torch_threads(count):
             yield
     finally:
-        if cv2 is not None and previous_cv2 is not None:
-            cv2.setNumThreads(previous_cv2)
-        if faiss is not None and previous_faiss is not None:
-            faiss.omp_set_num_threads(previous_faiss)
+        for (module, _, put), value in zip(loaded, previous, strict=True):
+            getattr(module, put)(value)
 
 
 def dtype_kwarg(dtype) -> dict[str, Any]:

@@ -93,11 +93,11 @@ class ShardBuilder:
             for shard in shards:
                 done(shard, *self.run(shard))
             return
-        verdicts: dict[str, Any] | None = {} if self.auditor else None
+        verdicts: dict[str, Any] = {}  # filled by the audit on the finishing thread, taken by `apply`
 
         def group(state: _ShardAudit, jobs: list[Job]) -> Group:
             def complete(samples: list[Sample]) -> Group | None:
-                retry = state.apply(jobs, samples, verdicts if verdicts is not None else {})
+                retry = state.apply(jobs, samples, verdicts)
                 if retry:
                     return group(state, retry)
                 done(state.shard, *state.result())
@@ -107,7 +107,8 @@ class ShardBuilder:
 
         groups = (group(_ShardAudit(shard, self), list(shard.jobs)) for shard in shards)
         prompts = [job.prompt for shard in shards for job in shard.jobs]
-        generator.generate_groups(groups, prompts, self._progress(), self._finish(verdicts), self.wait)
+        finish = self._finish(verdicts if self.auditor else None)
+        generator.generate_groups(groups, prompts, self._progress(), finish, self.wait)
 
     def _progress(self) -> Callable[[int, int], None]:
         return functools.partial(self.reporter.progress, "generating")

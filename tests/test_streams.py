@@ -156,6 +156,7 @@ def test_streams_are_planned_for_the_cpu_and_small_models(model: LoadedModel) ->
     assert SamplingConfig().streams == "auto"
     kandinsky = SimpleNamespace(scheduler=None, prior_pipe=None, decoder_pipe=None)
     assert plan_streams(4, kandinsky, cpu, 4, 1, 64) == (1, 4)
+    assert plan_streams(4, pipeline, cpu, 4, 1, 64, prompts_encoded_once=False) == (1, 4)  # SDXL, FLUX: one
 
 
 # --- the runner alone (no model) ------------------------------------------------------------------------------

@@ -107,15 +107,23 @@ def stream_copy(pipeline: Any) -> Any:
 
 
 def plan_streams(
-    setting: int | Literal["auto"], pipeline: Any, device: Any, threads: int, batch: int, resolution: int
+    setting: int | Literal["auto"],
+    pipeline: Any,
+    device: Any,
+    threads: int,
+    batch: int,
+    resolution: int,
+    prompts_encoded_once: bool = True,
 ) -> tuple[int, int]:
     """(streams, torch threads per stream) for `threads` CPU threads.
 
     auto: on a CPU with two threads or more and a small denoiser call, one stream per thread (at most
     MAX_AUTO_STREAMS, the threads shared out beyond); otherwise one stream of every thread. CUDA and MPS,
-    and pipelines with sub-pipelines, always run one stream.
+    pipelines with sub-pipelines, and pipelines whose prompts are not encoded once before the streams start
+    (not `prompts_encoded_once`: SDXL, FLUX, ... tokenize and encode in every call, and tokenizers are not
+    promised thread-safe) always run one stream.
     """
-    if getattr(device, "type", str(device)) != "cpu" or not can_copy(pipeline):
+    if getattr(device, "type", str(device)) != "cpu" or not can_copy(pipeline) or not prompts_encoded_once:
         return 1, threads
     if setting == "auto":
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
@@ -155,6 +163,8 @@ class _Board:
     def _refill(self) -> None:
         if not self.queue:
             self.queue.extend(self.feed())
+            if self.queue:
+                self.cond.notify_all()  # whoever refilled, a waiting stream may claim now
 
     def claim(self) -> tuple[int, Task] | None:
         """The next work item for a stream, waiting while it would run too far ahead of the finishing thread or
