@@ -75,6 +75,17 @@ def pick_dtype(device):
     return torch.float32
 
 
+def memory_available(meminfo: str = "/proc/meminfo") -> int | None:
+    """The memory the kernel could give this process now (MemAvailable, bytes); None where it cannot be read
+    (not Linux): callers then refuse nothing on its account."""
+    try:
+        with open(meminfo) as handle:
+            found = [line.split()[1] for line in handle if line.startswith("MemAvailable:")]
+        return int(found[0]) * 1024 if found else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def cpu_threads() -> int:
     """The CPU threads synthgen may use: $SYNTHGEN_THREADS, else the CPUs Ray gave this task or actor, else
     $OMP_NUM_THREADS, else the CPUs this process may run on (its affinity mask: a batch scheduler's or

@@ -130,7 +130,7 @@ def test_cache_hit_gives_the_same_auditor(tmp_path: Path) -> None:
 def test_damaged_entry_is_rebuilt(tmp_path: Path) -> None:
     first = Auditor.from_source(train_source(), threshold=0.5, cache=tmp_path, workers=1)
     (entry,) = tmp_path.glob("copydetect-*")
-    state = entry / "state.npz"
+    state = entry / "r_codes.npy"  # one file per array (fit cache format 2)
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
     state.write_bytes(bytes(data))

@@ -121,6 +121,11 @@ class ImageFolderSource(Source):
             if name not in self.columns:
                 raise ColumnError(role, name, self.metadata_path, self.columns)
 
+    def __len__(self) -> int:
+        """Rows that will be read (within `limit`), without opening an image: the audit checks its memory and
+        progress shows a total before reading. An upper bound: unreadable images are skipped while reading."""
+        return len(self.rows[: self.spec.limit])
+
     def labels(self) -> list[str]:
         """Labels from the metadata (or the folder names) without opening an image."""
         rows = self.rows[: self.spec.limit]

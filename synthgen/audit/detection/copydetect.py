@@ -28,6 +28,8 @@ at least 0.5.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +48,11 @@ from synthgen.audit.detection.local_features import (
     working_size,
 )
 from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
-from synthgen.audit.detection.regions import FINE_SCALES, FINE_SIDE, RegionIndex, tile_boxes
+from synthgen.audit.detection.regions import FINE_SCALES, FINE_SIDE, FIT_CHUNK, RegionIndex, in_chunks, tile_boxes
 from synthgen.audit.index.embedders import l2_normalise
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex, batched, source_total
-from synthgen.runtime import Progress
+from synthgen.errors import SynthgenError
+from synthgen.runtime import Progress, memory_available
 
 if TYPE_CHECKING:
     from synthgen.sources.base import Skipped, Source
@@ -59,6 +62,29 @@ PIXEL_FLOOR = 0.95  # residual pixel correlation that makes the pixel score 0 (a
 MIN_IMAGES_FOR_MEAN = 8  # fewer training images: no mean image is subtracted (it would cancel the images)
 FRAME_SCALES = (1 / MAX_SCALE, MAX_SCALE)  # zooms accepted between a candidate and a training frame
 _FLIPS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
+
+
+# fit's RSS per training image, regions on (measured ~230 KiB up to 8,000 frames: docs/audit.md "At scale") / off
+# (scaled by the fitted state, 70 of 220 KiB), and a margin for vocabulary training, libraries and the caller.
+FIT_PEAK_PER_IMAGE = {True: 256 * 1024, False: 96 * 1024}
+FIT_PEAK_FIXED = 1 << 30
+MEMORY_CHECK = "SYNTHGEN_AUDIT_MEMORY_CHECK"  # 0: fit whatever the estimate (e.g. with swap)
+
+
+def check_fit_memory(images: int | None, regions: bool, available: int | None, read_so_far: bool = False) -> None:
+    """Refuse, in one line, a training set whose fit would exceed the available memory: before reading it when its
+    size is known, else as soon as the images read so far would (an OOM kill hours into a build says nothing)."""
+    per_image = FIT_PEAK_PER_IMAGE[regions]
+    need = FIT_PEAK_FIXED + (images or 0) * per_image
+    if images is None or available is None or need <= available:
+        return
+    at_least = "at least " if read_so_far else ""
+    raise SynthgenError(
+        f"audit.embedder: copydetect needs {at_least}~{need / 2**30:.1f} GiB of memory to index "
+        f"{images:,} training images{' read so far' if read_so_far else ''} (~{per_image // 1024} KiB each while "
+        f"fitting) but {available / 2**30:.1f} GiB is available; use `audit.embedder: pixel` or an embedding "
+        f"plug-in, which index 100k+ images with IVF on disk (or set {MEMORY_CHECK}=0 to fit anyway, e.g. with swap)"
+    )
 
 
 def geometric_score(matches: float) -> float:
@@ -162,6 +188,8 @@ class CopyDetector:
     def fit(self, source: Source, progress: Progress | None = None) -> None:
         """Extract local features and pixel embeddings of every readable training image, then index them."""
         total = source_total(source)
+        available = memory_available() if os.environ.get(MEMORY_CHECK, "1").strip() != "0" else None
+        check_fit_memory(total, self.regions is not None, available)
         pixels = []
         fine: list[Features] = []
         for batch in batched(source, BATCH_SIZE):
@@ -173,6 +201,8 @@ class CopyDetector:
             self.keys.extend(sample.key for sample in batch)
             self.sizes.extend(image.size for image in images)
             pixels.append(self.embedder.pixels(images))
+            if total is None:
+                check_fit_memory(len(self.keys), self.regions is not None, available, read_so_far=True)
             if progress:
                 progress("embedding training images", len(self.keys), total)
         self.skipped = list(source.skipped)
@@ -182,18 +212,32 @@ class CopyDetector:
         raw = np.concatenate(pixels)
         if len(raw) >= MIN_IMAGES_FOR_MEAN:
             self.embedder = ResidualPixelEmbedder(raw.mean(axis=0, dtype=np.float64))
-        self.index = TrainIndex.build(self.embedder.from_pixels(raw), self.keys)
+        self.index = self._chunked_index(self.embedder.dim, lambda rows: self.embedder.from_pixels(raw[rows]))
+        pixels.clear()  # `raw` holds them (uint8: 3 KB per image)
         reference = [self.features[i] for i in spread(len(self.features), self.reference_images)]
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         self.common = CommonStructure.learn(reference, min_images=min_images)
-        self.features = parallel_map(self._content, self.features, self.workers)
+        del reference
+        in_chunks(self.features, self._content, self.workers)  # in place: never both lists whole
         sample = [self.features[i].floats() for i in spread(len(self.features), 500)]
         self.vocabulary = Vocabulary.train(np.concatenate(sample), self.words)
-        codes = np.stack(parallel_map(self.vocabulary.encode, self.features, self.workers))
-        self._codes = TrainIndex.build(codes, self.keys)
+        del sample
+        encode = self.vocabulary.encode
+        self._codes = self._chunked_index(
+            self.vocabulary.dim, lambda rows: np.stack(parallel_map(encode, self.features[rows], self.workers))
+        )
         if self.regions is not None:
             self.regions.workers = self.workers
-            self.regions.fit(fine)
+            self.regions.fit(fine)  # takes the list over (filtered in place)
+
+    def _chunked_index(self, dim: int, rows_of: Callable[[slice], np.ndarray]) -> TrainIndex:
+        """A TrainIndex of every training row, computed and added FIT_CHUNK rows at a time: no whole-set temporaries
+        (the same rows as one batch: each row is computed alone), and beyond 1 GiB the store spills to disk."""
+        index = TrainIndex(dim)
+        for start in range(0, len(self.keys), FIT_CHUNK):
+            rows = slice(start, start + FIT_CHUNK)
+            index.add(rows_of(rows), self.keys[rows])
+        return index
 
     def _extract_training(self, image: Image.Image) -> tuple[Features, Features | None]:
         """One training image's keypoints at WORK_SIDE and (with regions) FINE_SIDE: the bulk of `fit`, per thread."""

@@ -2,12 +2,15 @@
 every build or `synthgen audit`.
 
 copydetect keeps its whole fitted state (every frame's keypoints, the common structure, both vocabularies, the
-frame and tile codes, the pixel embeddings) in `copydetect-<key>/state.npz` + `meta.json`; embedding detectors
-use index_cache.py (`cached_index`). Both live under `cache_root()/audit-index`. The key covers the training
-data's fingerprint, the detector's settings, the code that fits it (sha256 of its modules' source) and the
-versions of synthgen, OpenCV, FAISS and numpy, so any change gives a new entry. Entries are written into a
-temporary folder and renamed into place; an entry that fails a check (checksum, shape, missing file) is
-rebuilt, never trusted. Calibrations sit beside the fitted state, one file per calibration setting.
+frame and tile codes, the pixel embeddings) in `copydetect-<key>/`: one `.npy` per array (the frame codes and
+pixel embeddings as raw float32 `.f32` rows), `facts.json` and `meta.json` (each file's shape, dtype and CRC-32).
+A load memory-maps the large arrays read-only (keypoints, tile codes, both TrainIndexes' vectors), so they are
+page-cache backed: a cache hit costs little RSS however large the training set (docs/audit.md, "At scale").
+Embedding detectors use index_cache.py (`cached_index`). Both live under `cache_root()/audit-index`. The key
+covers the training data's fingerprint, the detector's settings, the code that fits it (sha256 of its modules'
+source) and the versions of synthgen, OpenCV, FAISS and numpy, so any change gives a new entry. Entries are
+written into a temporary folder and renamed into place; an entry that fails a check (checksum, shape, missing
+file) is rebuilt, never trusted. Calibrations sit beside the fitted state, one file per calibration setting.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +36,9 @@ from synthgen.runtime import Progress
 if TYPE_CHECKING:
     from synthgen.sources.base import Source
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: one file per array, the large ones memory-mapped on load (1: one state.npz read whole)
+RAW_VECTORS = ("pixel_vectors", "codes")  # raw float32 rows, searched in place by a file-backed VectorStore
+MAPPED = ("points", "descriptors", "r_points", "r_descriptors", "r_codes")  # .npy files memory-mapped on load
 log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
 FIT_CODE = (  # what the fitted state depends on
@@ -141,14 +147,17 @@ class FitCache:
 
 
 def _flat(features: list[Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    lengths = [len(f) for f in features]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     points = np.concatenate([f.points for f in features] or [np.zeros((0, 2), np.float32)])
     descriptors = np.concatenate([f.descriptors for f in features] or [np.zeros((0, 128), np.uint8)])
-    return points, descriptors, offsets
+    return points, descriptors, _offsets(features)
+
+
+def _offsets(features: list[Features]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(f) for f in features])]).astype(np.int64)
 
 
 def _unflat(points: np.ndarray, descriptors: np.ndarray, offsets: np.ndarray) -> list[Features]:
+    """Views of the flat arrays (of a memory map after a load: nothing is read until a frame is verified)."""
     return [Features(points[a:b], descriptors[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
 
@@ -166,18 +175,19 @@ def _vocabulary(prefix: str, arrays: dict[str, np.ndarray]) -> Vocabulary:
     return Vocabulary(arrays[f"{prefix}centroids"], projection)
 
 
-def _state(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The fitted copydetect as arrays + JSON-able facts (what `_restore` reads back)."""
+def _parts(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, list[Features]], dict[str, Any]]:
+    """The fitted copydetect as arrays, keypoint lists by prefix ("" frames, "r_" regions) and JSON-able facts."""
     assert detector._codes is not None
     arrays: dict[str, np.ndarray] = {"pixel_mean": detector.embedder.mean, "pixel_vectors": detector.index.vectors}
     arrays["codes"] = detector._codes.vectors
-    arrays["points"], arrays["descriptors"], arrays["offsets"] = _flat(detector.features)
+    arrays["offsets"] = _offsets(detector.features)
+    keypoints = {"": detector.features}
     arrays["common_points"], arrays["common_descriptors"] = detector.common.points, detector.common.descriptors
     arrays.update(_vocabulary_arrays("vocab_", detector.vocabulary))
     common = {"frame": [detector.common.position_tolerance, detector.common.distance]}
     regions = detector.regions
     if regions is not None:
-        arrays["r_points"], arrays["r_descriptors"], arrays["r_offsets"] = _flat(regions.features)
+        arrays["r_offsets"], keypoints["r_"] = _offsets(regions.features), regions.features
         arrays["r_common_points"], arrays["r_common_descriptors"] = regions.common.points, regions.common.descriptors
         arrays.update(_vocabulary_arrays("r_vocab_", regions.vocabulary))
         arrays["r_codes"], arrays["r_scales"], arrays["r_owner"] = regions.codes, regions.scales, regions.owner
@@ -188,6 +198,14 @@ def _state(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, Any
         "skipped": [{"key": s.key, "reason": s.reason} for s in detector.skipped],
         "common": common,
     }
+    return arrays, keypoints, facts
+
+
+def _state(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every array of the fitted state (keypoints concatenated: a copy) + the facts; benches sum its bytes."""
+    arrays, keypoints, facts = _parts(detector)
+    for prefix, features in keypoints.items():
+        arrays[f"{prefix}points"], arrays[f"{prefix}descriptors"], _ = _flat(features)
     return arrays, facts
 
 
@@ -199,8 +217,8 @@ def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[
     detector.sizes = [(int(w), int(h)) for w, h in facts["sizes"]]
     detector.skipped = [Skipped(str(s["key"]), str(s["reason"])) for s in facts["skipped"]]
     detector.embedder = ResidualPixelEmbedder(arrays["pixel_mean"])
-    detector.index = TrainIndex.build(arrays["pixel_vectors"], keys)
-    detector._codes = TrainIndex.build(arrays["codes"], keys)
+    detector.index = _index_over(arrays["pixel_vectors"], keys)
+    detector._codes = _index_over(arrays["codes"], keys)
     detector.features = _unflat(arrays["points"], arrays["descriptors"], arrays["offsets"])
     detector.common = CommonStructure(arrays["common_points"], arrays["common_descriptors"], *facts["common"]["frame"])
     detector.vocabulary = _vocabulary("vocab_", arrays)
@@ -213,21 +231,86 @@ def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[
         regions.codes, regions.scales, regions.owner = arrays["r_codes"], arrays["r_scales"], arrays["r_owner"]
 
 
+def _index_over(vectors: np.ndarray, keys: list[str]) -> TrainIndex:
+    """A TrainIndex over `vectors`; a memory-mapped raw file is searched in place (TrainIndex.open), not copied."""
+    if not isinstance(vectors, np.memmap) or vectors.filename is None:
+        return TrainIndex.build(vectors, keys)
+    index = TrainIndex.open(vectors.filename, keys, vectors.shape[1])
+    _ = index.vectors  # mapped now: a later replacement of the entry (unlinked files) cannot pull it away
+    return index
+
+
 def _save(detector: CopyDetector, entry: Path, key: str) -> None:
     """Write the fitted state into a staging folder that replaces `entry` whole; a failure only logs."""
     if not detector.n_train:
         return
     try:
         with atomic_dir(entry) as tmp:  # a damaged entry (a valid one would have loaded) is replaced
-            arrays, facts = _state(detector)
-            np.savez(tmp / "state.npz", **arrays)
-            shapes = {name: list(array.shape) for name, array in arrays.items()}
-            meta = {"format": CACHE_FORMAT, "key": key, "crc32": file_crc32(tmp / "state.npz"), "shapes": shapes}
+            arrays, keypoints, facts = _parts(detector)
+            files = {name: _write_array(tmp, name, array) for name, array in arrays.items()}
+            for prefix, features in keypoints.items():  # streamed: no concatenated copy of every keypoint
+                files[f"{prefix}points"] = _write_rows(tmp, f"{prefix}points", [f.points for f in features])
+                files[f"{prefix}descriptors"] = _write_rows(
+                    tmp, f"{prefix}descriptors", [f.descriptors for f in features]
+                )
             (tmp / "facts.json").write_text(json.dumps(facts))
-            meta["facts_sha256"] = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
+            facts_sha256 = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
+            meta = {"format": CACHE_FORMAT, "key": key, "files": files, "facts_sha256": facts_sha256}
             (tmp / "meta.json").write_text(json.dumps(meta))
     except OSError as error:  # unwritable, a full disk or a concurrent writer: the fitted detector is still good
         log.warning("could not cache the audit index in %s: %s", entry, error)
+
+
+def _write_array(folder: Path, name: str, array: np.ndarray) -> dict[str, Any]:
+    """One array as `name.npy` (or raw float32 rows `name.f32` for a TrainIndex's vectors); its meta.json record."""
+    if name in RAW_VECTORS:
+        path = folder / f"{name}.f32"
+        array = np.ascontiguousarray(array, np.float32)  # already so: no copy, also of a spilled memory map
+        array.tofile(path)
+    else:
+        path = folder / f"{name}.npy"
+        np.save(path, array, allow_pickle=False)
+    return _record(path, array.shape, array.dtype)
+
+
+def _write_rows(folder: Path, name: str, parts: list[np.ndarray]) -> dict[str, Any]:
+    """Per-frame arrays concatenated straight into `name.npy` through a memory map, frame by frame."""
+    path = folder / f"{name}.npy"
+    first = parts[0] if parts else np.zeros((0, 0))
+    shape, dtype = (sum(len(p) for p in parts), *first.shape[1:]), first.dtype
+    if not shape[0]:
+        np.save(path, np.zeros(shape, dtype), allow_pickle=False)
+        return _record(path, shape, dtype)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    start = 0
+    for part in parts:
+        out[start : start + len(part)] = part
+        start += len(part)
+    out.flush()
+    del out
+    return _record(path, shape, dtype)
+
+
+def _record(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:
+    return {"file": path.name, "shape": list(shape), "dtype": str(np.dtype(dtype)), "crc32": file_crc32(path)}
+
+
+def _read_array(entry: Path, name: str, record: dict[str, Any]) -> np.ndarray:
+    """One checked array: the large ones memory-mapped read-only (page-cache backed), the small ones in RAM."""
+    path = entry / str(record["file"])
+    if path.parent != entry or path.name not in (f"{name}.npy", f"{name}.f32"):
+        raise ValueError(f"unexpected file {record['file']!r} for {name}")
+    if file_crc32(path) != record["crc32"]:
+        raise ValueError(f"{path.name} checksum mismatch")
+    shape, dtype = tuple(int(d) for d in record["shape"]), np.dtype(record["dtype"])
+    if path.suffix == ".f32":
+        if dtype != np.float32 or len(shape) != 2 or path.stat().st_size != 4 * math.prod(shape):
+            raise ValueError(f"{path.name} does not hold {shape} float32 rows")
+        return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
+    array = np.load(path, mmap_mode="r" if name in MAPPED else None, allow_pickle=False)
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(f"{path.name} holds {array.shape} {array.dtype}, expected {shape} {dtype}")
+    return array
 
 
 def _load(detector: CopyDetector, entry: Path, key: str) -> bool:
@@ -238,15 +321,10 @@ def _load(detector: CopyDetector, entry: Path, key: str) -> bool:
         meta = json.loads((entry / "meta.json").read_text())
         if (meta["format"], meta["key"]) != (CACHE_FORMAT, key):
             raise ValueError("metadata does not match the requested index")
-        if file_crc32(entry / "state.npz") != meta["crc32"]:
-            raise ValueError("state.npz checksum mismatch")
         facts_blob = (entry / "facts.json").read_bytes()
         if hashlib.sha256(facts_blob).hexdigest() != meta["facts_sha256"]:
             raise ValueError("facts.json checksum mismatch")
-        with np.load(entry / "state.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        if {name: list(array.shape) for name, array in arrays.items()} != meta["shapes"]:
-            raise ValueError("array shapes do not match")
+        arrays = {name: _read_array(entry, name, record) for name, record in meta["files"].items()}
         facts = json.loads(facts_blob)
         if len(facts["keys"]) != len(arrays["pixel_vectors"]):
             raise ValueError("keys and vectors differ in number")

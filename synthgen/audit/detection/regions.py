@@ -21,6 +21,8 @@ Memory per training frame: ~700 fine keypoints (136 bytes each) and up to 16 til
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -36,12 +38,15 @@ from synthgen.audit.detection.local_features import (
 )
 from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
 
+T = TypeVar("T")
+
 FINE_SIDE = 2 * WORK_SIDE
 TILE = 0.4  # tile side, as a fraction of the frame's side
 STRIDE = 0.2
 MIN_TILE_KEYPOINTS = 8  # fewer (black scope corners): no code for that tile
 FINE_SCALES = (0.2, MAX_SCALE)
 IMAGE_BLOCK = 2048  # training frames whose tiles are scored at once (bounds the similarity buffer)
+FIT_CHUNK = 1024  # training frames processed at once by fit's later passes (bounds its temporaries)
 FLOAT_TILES_BYTES = 256 * 2**20  # float32 tile codes kept for search up to this size (~1,000 training frames)
 
 
@@ -85,32 +90,44 @@ class RegionIndex:
         return self._extract(working_gray(image, FINE_SIDE))
 
     def fit(self, features: list[Features]) -> None:
-        """Learn the fine-scale common structure and the tile vocabulary, then code every frame's tiles."""
+        """Learn the fine-scale common structure and the tile vocabulary, then code every frame's tiles.
+
+        `features` is taken over: filtered in place, chunk by chunk, so the unfiltered and the filtered keypoints
+        of the whole set are never held at once (fit's peak memory)."""
         if not features:
             return
         reference = [features[i] for i in spread(len(features), self.reference_images)]
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         tolerance = self.common.position_tolerance
         self.common = CommonStructure.learn(reference, min_images=min_images, position_tolerance=tolerance)
-        self.features = parallel_map(lambda f: f.subset(~self.common.mask(f)), features, self.workers)
+        del reference
+        in_chunks(features, lambda f: f.subset(~self.common.mask(f)), self.workers)
+        self.features = features
         sample = np.concatenate([self.features[i].floats() for i in spread(len(self.features), 500)])
         self.vocabulary = Vocabulary.train(sample, self.words, dims=self.dims)
-        codes, owner = [], []
-        for row, tiles in enumerate(parallel_map(self._tile_codes, self.features, self.workers)):
-            codes.extend(tiles)
-            owner.extend([row] * len(tiles))
-        self.owner = np.array(owner, np.int64)
-        self.codes, self.scales = _quantise(np.stack(codes) if codes else np.zeros((0, self.vocabulary.dim)))
+        del sample
+        self.codes, self.scales, self.owner = self._code_tiles()
 
-    def _tile_codes(self, fine: Features) -> list[np.ndarray]:
-        """Vocabulary codes of one frame's tiles that hold at least MIN_TILE_KEYPOINTS keypoints, in tile order."""
-        codes = []
-        x, y = fine.points[:, 0], fine.points[:, 1]
-        for x0, y0, x1, y1 in np.array(tile_boxes(), np.float32) * FINE_SIDE:
-            inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
-            if inside.sum() >= MIN_TILE_KEYPOINTS:
-                codes.append(self.vocabulary.encode(fine.subset(inside)))
-        return codes
+    def _code_tiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(int8 codes, scales, owner row) of every frame's tiles, written into arrays sized by a first (cheap)
+        count, chunk by chunk: the float32 codes of only FIT_CHUNK frames exist at once."""
+        counts = np.array([len(_tile_masks(fine)) for fine in self.features], np.int64)
+        owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+        codes = np.empty((int(counts.sum()), self.vocabulary.dim), np.int8)
+        scales = np.empty(len(codes), np.float32)
+        start = 0
+        for first in range(0, len(self.features), FIT_CHUNK):
+            chunk = self.features[first : first + FIT_CHUNK]
+            for quantised, scale in parallel_map(self._tile_codes, chunk, self.workers):
+                codes[start : start + len(quantised)], scales[start : start + len(quantised)] = quantised, scale
+                start += len(quantised)
+        return codes, scales, owner
+
+    def _tile_codes(self, fine: Features) -> tuple[np.ndarray, np.ndarray]:
+        """Quantised vocabulary codes of one frame's tiles that hold at least MIN_TILE_KEYPOINTS keypoints, in tile
+        order (quantised per code: the same bytes as quantising all frames' codes at once)."""
+        codes = [self.vocabulary.encode(fine.subset(inside)) for inside in _tile_masks(fine)]
+        return _quantise(np.stack(codes) if codes else np.zeros((0, self.vocabulary.dim), np.float32))
 
     def encode(self, features: list[Features]) -> np.ndarray:
         """(n, dim) tile-vocabulary codes of query keypoints (found at WORK_SIDE)."""
@@ -162,6 +179,24 @@ class RegionIndex:
     def geometry(self, query: Features, row: int) -> Geometry:
         """`verify` with the transform found (onto the FINE_SIDE frame): the verdict's evidence."""
         return verify_geometry(query, self.features[row], scales=FINE_SCALES)
+
+
+def _tile_masks(fine: Features) -> list[np.ndarray]:
+    """Per tile (in `tile_boxes` order) holding at least MIN_TILE_KEYPOINTS keypoints: which keypoints it holds."""
+    masks = []
+    x, y = fine.points[:, 0], fine.points[:, 1]
+    for x0, y0, x1, y1 in np.array(tile_boxes(), np.float32) * FINE_SIDE:
+        inside = (x >= x0) & (x < x1) & (y >= y0) & (y < y1)
+        if inside.sum() >= MIN_TILE_KEYPOINTS:
+            masks.append(inside)
+    return masks
+
+
+def in_chunks(items: list[T], function: Callable[[T], T], workers: int | None) -> None:
+    """items[i] = function(items[i]), FIT_CHUNK items at a time (in threads): each old item is released as soon as
+    its chunk is done, so the old and the new list never coexist whole."""
+    for start in range(0, len(items), FIT_CHUNK):
+        items[start : start + FIT_CHUNK] = parallel_map(function, items[start : start + FIT_CHUNK], workers)
 
 
 def _quantise(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from synthgen.atomic import atomic_path, discard
 from synthgen.audit.index.embedders import Embedder
-from synthgen.audit.index.index_backends import IndexKind, VectorStore
+from synthgen.audit.index.index_backends import IndexKind
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex
 from synthgen.runtime import Progress, cache_root
 
@@ -162,11 +162,10 @@ def load_entry(entry: Path, key: str, dim: int, kind: IndexKind, use_gpu: bool |
             raise ValueError("keys.json checksum mismatch")
         keys = json.loads(keys_blob)
         n = int(meta["n"])
-        store = VectorStore.open(entry / "vectors.f32", n, dim)
         if file_crc32(entry / "vectors.f32") != meta["vectors_crc32"] or len(keys) != n:
             raise ValueError("vectors.f32 checksum mismatch")
-        index = TrainIndex(dim, kind=kind, use_gpu=use_gpu)
-        index._store, index.keys, index.cache_hit = store, keys, True
+        index = TrainIndex.open(entry / "vectors.f32", keys, dim, kind=kind, use_gpu=use_gpu)
+        index.cache_hit = True
         index.skipped = [Skipped(str(s["key"]), str(s["reason"])) for s in meta["skipped"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("ignoring damaged audit index cache %s: %s", entry, error)

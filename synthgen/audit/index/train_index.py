@@ -127,6 +127,14 @@ class TrainIndex:
         return self
 
     @classmethod
+    def open(cls, path: str | Path, keys: list[str], dim: int, **options: Any) -> TrainIndex:
+        """An index over float32 rows already in a file (a cache entry: one per key), searched in place through a
+        read-only memory map, never copied into memory; `options` are the constructor's keywords."""
+        index = cls(dim, **options)
+        index._store, index.keys = VectorStore.open(path, len(keys), dim), list(keys)
+        return index
+
+    @classmethod
     def build(cls, embeddings: np.ndarray, keys: list[str], **options: Any) -> TrainIndex:
         """An index over in-memory embeddings; `options` are the constructor's keywords."""
         index = cls(np.asarray(embeddings).shape[1], **options)

@@ -1,0 +1,175 @@
+"""copydetect at scale: a cache hit memory-maps the fitted state and gives the fresh fit's verdicts; fit's memory
+bounding changes no result; a training set too large for the memory refuses with one line before fitting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from synthgen.audit.detection.copydetect import CopyDetector
+from synthgen.audit.detection.fit_cache import FitCache
+from synthgen.sources import open_source
+from synthgen.sources.base import Source
+from synthgen.sources.spec import SourceSpec
+
+
+def train_source() -> Source:
+    return open_source(SourceSpec(type="demo", per_class=12, resolution=64, seed=3))
+
+
+def candidates() -> list[Image.Image]:
+    """Edited copies of training phantoms and novel phantoms of another seed."""
+    train = [s.image for s in train_source()][:4]
+    edits = [
+        train[0],
+        train[1].resize((96, 96)),
+        train[2].filter(ImageFilter.GaussianBlur(1)),
+        train[3].crop((8, 8, 56, 56)),
+    ]
+    novel = [s.image for s in open_source(SourceSpec(type="demo", per_class=2, resolution=64, seed=99))]
+    return edits + novel
+
+
+def plain(detector: CopyDetector) -> list[tuple]:
+    return [(score, key, repr(evidence)) for score, key, evidence in detector.match_evidence(candidates())]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[CopyDetector, Path]:
+    cache = tmp_path_factory.mktemp("fit-cache")
+    detector = CopyDetector()
+    detector.workers = 1
+    store = FitCache(cache)
+    store.fit(detector, train_source())
+    assert not store.hit and store.entry is not None
+    return detector, cache
+
+
+def loaded(cache: Path) -> tuple[CopyDetector, FitCache]:
+    detector = CopyDetector()
+    store = FitCache(cache)
+    store.fit(detector, train_source())
+    return detector, store
+
+
+def test_cache_hit_is_memory_mapped_and_gives_the_same_verdicts(fitted: tuple[CopyDetector, Path]) -> None:
+    fresh, cache = fitted
+    hit, store = loaded(cache)
+    assert store.hit
+    assert plain(hit) == plain(fresh)
+    assert hit.info() == fresh.info() and hit.keys == fresh.keys and hit.sizes == fresh.sizes
+    assert hit.regions is not None
+    mapped = [
+        hit.features[0].descriptors,
+        hit.features[-1].points,
+        hit.regions.features[0].descriptors,
+        hit.regions.codes,
+        hit.index.vectors,
+        hit._codes.vectors if hit._codes is not None else None,
+    ]
+    for array in mapped:
+        assert isinstance(array, np.memmap) and not array.flags.writeable  # page-cache backed, never written
+    assert hit.regions.features[1].points.base is not None  # views of one map, not per-frame copies
+
+
+def test_damaged_array_file_is_rebuilt(fitted: tuple[CopyDetector, Path], tmp_path: Path) -> None:
+    fresh, cache = fitted
+    (entry,) = cache.glob("copydetect-*")
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["format"] == 2 and not list(entry.glob("*.npz"))
+    copy_root = tmp_path / "cache"
+    copy_root.mkdir()
+    damaged = copy_root / entry.name
+    damaged.mkdir()
+    for path in entry.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    target = damaged / meta["files"]["r_codes"]["file"]
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    again, store = loaded(copy_root)
+    assert not store.hit  # rebuilt, not trusted
+    assert plain(again) == plain(fresh)
+    assert loaded(copy_root)[1].hit  # rewritten
+
+
+def test_fit_in_chunks_gives_the_same_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit's later passes work FIT_CHUNK frames at a time (memory); any chunk size gives the same bytes."""
+    from synthgen.audit.detection import copydetect, regions
+    from synthgen.audit.detection.fit_cache import _state
+
+    def state() -> dict[str, np.ndarray]:
+        detector = CopyDetector()
+        detector.workers = 1
+        detector.fit(train_source())
+        return _state(detector)[0]
+
+    whole = state()
+    monkeypatch.setattr(copydetect, "FIT_CHUNK", 5)
+    monkeypatch.setattr(regions, "FIT_CHUNK", 5)
+    chunked = state()
+    assert whole.keys() == chunked.keys()
+    for name, array in whole.items():
+        assert array.dtype == chunked[name].dtype and array.shape == chunked[name].shape, name
+        assert array.tobytes() == chunked[name].tobytes(), name
+
+
+class _Unread(Source):
+    """A training set of `n` images that must not be read (the refusal comes first)."""
+
+    def __init__(self, n: int | None) -> None:
+        super().__init__(description="large training set")
+        self.n, self.reads = n, 0
+
+    def __len__(self) -> int:
+        if self.n is None:
+            raise TypeError("size unknown")
+        return self.n
+
+    def _iter_samples(self):
+        for sample in train_source():
+            self.reads += 1
+            yield sample
+
+    def fingerprint(self) -> str:
+        return f"unread-{self.n}"
+
+
+def test_too_large_a_training_set_is_refused_before_reading(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from synthgen.audit.detection import copydetect
+    from synthgen.audit.detection.auditor import Auditor
+    from synthgen.errors import SynthgenError
+
+    monkeypatch.delenv(copydetect.MEMORY_CHECK, raising=False)
+    monkeypatch.setattr(copydetect, "memory_available", lambda: 8 * 2**30)
+    source = _Unread(100_000)
+    with pytest.raises(SynthgenError) as refused:
+        Auditor.from_source(source, cache=tmp_path / "cache", workers=1)  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("audit.embedder: copydetect needs")
+    assert "100,000 training images" in message and "8.0 GiB is available" in message
+    assert "audit.embedder: pixel" in message and copydetect.MEMORY_CHECK in message
+    assert source.reads == 0  # refused before reading
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing written
+
+
+def test_memory_check_override_and_unknown_sizes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from synthgen.audit.detection import copydetect
+    from synthgen.errors import SynthgenError
+
+    readable = copydetect.memory_available
+    tiny = copydetect.FIT_PEAK_FIXED + 10 * copydetect.FIT_PEAK_PER_IMAGE[True]  # room for 10 images, not 36
+    monkeypatch.setattr(copydetect, "memory_available", lambda: tiny)
+    unknown = _Unread(None)  # no len(): refused once the images read so far would not fit
+    with pytest.raises(SynthgenError, match="read so far"):
+        CopyDetector().fit(unknown)  # type: ignore[arg-type]
+    monkeypatch.setenv(copydetect.MEMORY_CHECK, "0")
+    detector = CopyDetector()
+    detector.fit(_Unread(36))  # type: ignore[arg-type]
+    assert detector.n_train == 36
+    assert readable(str(tmp_path / "missing")) is None  # unreadable: nothing refused
+    copydetect.check_fit_memory(10**9, True, None)
