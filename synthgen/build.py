@@ -83,6 +83,16 @@ def _auditor(loaded: LoadedRecipe, reporter: Reporter):
     return auditor
 
 
+def _check_audit_memory(loaded: LoadedRecipe) -> None:
+    """Refuse an audit that cannot fit in memory now, before the model trains, not when its data is indexed."""
+    from synthgen.audit import Auditor
+    from synthgen.sources import open_source
+
+    spec = loaded.recipe.audit_data()
+    if spec is not None:
+        Auditor.check_memory(open_source(spec, loaded.base_dir), loaded.recipe.audit)
+
+
 def build(
     loaded: LoadedRecipe,
     out_dir: str | Path | None = None,
@@ -109,6 +119,7 @@ def build(
     out = folder.path
     plan = make_plan(recipe)
     device = pick_device(recipe.sampling.device)
+    _check_audit_memory(loaded)
     folder.claim(loaded, overwrite)
     with folder.lock():
         with atomic_path(out / "recipe.yaml") as tmp:

@@ -173,3 +173,32 @@ def test_memory_check_override_and_unknown_sizes(monkeypatch: pytest.MonkeyPatch
     assert detector.n_train == 36
     assert readable(str(tmp_path / "missing")) is None  # unreadable: nothing refused
     copydetect.check_fit_memory(10**9, True, None)
+
+
+def test_build_refuses_before_training_when_the_audit_cannot_fit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The check runs before the model is resolved (trained: hours) and before the output folder is claimed."""
+    from test_build import write_recipe
+
+    import synthgen.resolve
+    from synthgen.audit.detection import copydetect
+    from synthgen.build import build
+    from synthgen.errors import SynthgenError
+    from synthgen.recipe import load_recipe
+
+    monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(copydetect.MEMORY_CHECK, raising=False)
+    monkeypatch.setattr(copydetect, "memory_available", lambda: copydetect.FIT_PEAK_FIXED)  # room for no image
+
+    def resolve_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was resolved before the audit's memory check")
+
+    monkeypatch.setattr(synthgen.resolve, "resolve_model", resolve_model)
+    recipe = load_recipe(write_recipe(tmp_path / "recipe", **{"audit.embedder": "copydetect"}))
+    with pytest.raises(SynthgenError, match="audit.embedder: copydetect needs ~1.0 GiB of memory to index"):
+        build(recipe)
+    assert not recipe.output_dir(None).exists()  # nothing written
+    monkeypatch.setenv(copydetect.MEMORY_CHECK, "0")  # the override reaches the early check too
+    with pytest.raises(AssertionError, match="resolved before"):
+        build(recipe)

@@ -185,6 +185,10 @@ class DemoSource(Source):
     def _iter_samples(self) -> Iterator[Sample]:
         return take(self._all(), self.spec.limit)
 
+    def __len__(self) -> int:
+        """Phantoms this source yields (every one is readable), without drawing them."""
+        return len(self.labels())
+
     def labels(self) -> list[str]:
         """The phantoms' classes in reading order, without drawing them."""
         return [kind for _ in range(self.spec.per_class) for kind in self.classes][: self.spec.limit]

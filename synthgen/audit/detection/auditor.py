@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from synthgen.audit.detection.calibrate import calibrate
+from synthgen.audit.detection.copydetect import CopyDetector, check_fit_memory
 from synthgen.audit.detection.detector import (
     SIMILARITY_DECIMALS,
     Detector,
@@ -26,7 +27,7 @@ from synthgen.audit.detection.fit_cache import FitCache
 from synthgen.audit.detection.grouping import AUTO, training_groups
 from synthgen.audit.detection.parallel import match_in_chunks
 from synthgen.audit.index.embedders import Embedder
-from synthgen.audit.index.train_index import TrainIndex
+from synthgen.audit.index.train_index import TrainIndex, source_total
 from synthgen.errors import SynthgenError
 from synthgen.runtime import Progress, use_cpu_threads
 from synthgen.sample import Sample
@@ -163,6 +164,21 @@ class Auditor:
             cache=cache,
             workers=workers,
         )
+
+    @staticmethod
+    def check_memory(train: Source, audit: AuditConfig, cache: bool | str | Path = True) -> None:
+        """The copy detector's memory check, made before a build trains its model (hours) rather than when it
+        indexes the audit data after: a one-line refusal when the fit would not fit (copydetect.check_fit_memory).
+        Nothing is refused when the source cannot say its size, or the fitted detector is in the cache."""
+        detector = get_detector(audit.embedder, audit.index)
+        if not isinstance(detector, CopyDetector):
+            return
+        try:
+            check_fit_memory(source_total(train), detector.regions is not None, detector.memory_for_fit())
+        except SynthgenError:
+            if cache is not False and FitCache(None if cache is True else cache).holds(detector, train):
+                return  # loaded, not fitted
+            raise
 
     def check(self, samples: list[Sample], vectors: np.ndarray | None = None) -> list[Verdict]:
         """Verdicts for a batch of candidates, in order; `vectors`: their `embed` (when the caller needs them too)."""

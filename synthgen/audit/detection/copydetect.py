@@ -188,7 +188,7 @@ class CopyDetector:
     def fit(self, source: Source, progress: Progress | None = None) -> None:
         """Extract local features and pixel embeddings of every readable training image, then index them."""
         total = source_total(source)
-        available = memory_available() if os.environ.get(MEMORY_CHECK, "1").strip() != "0" else None
+        available = self.memory_for_fit()
         check_fit_memory(total, self.regions is not None, available)
         pixels = []
         fine: list[Features] = []
@@ -229,6 +229,10 @@ class CopyDetector:
         if self.regions is not None:
             self.regions.workers = self.workers
             self.regions.fit(fine)  # takes the list over (filtered in place)
+
+    def memory_for_fit(self) -> int | None:
+        """The memory a fit may count on (MemAvailable), or None to refuse nothing ($SYNTHGEN_AUDIT_MEMORY_CHECK=0)."""
+        return memory_available() if os.environ.get(MEMORY_CHECK, "1").strip() != "0" else None
 
     def _chunked_index(self, dim: int, rows_of: Callable[[slice], np.ndarray]) -> TrainIndex:
         """A TrainIndex of every training row, computed and added FIT_CHUNK rows at a time: no whole-set temporaries

@@ -113,6 +113,15 @@ class FitCache:
         else:
             detector.fit(source, progress)
 
+    def holds(self, detector: CopyDetector, source: Source) -> bool:
+        """Whether an entry for this detector and data exists (not checked: `fit` checks it), so fitting it
+        again is not what a build would do; False for a source that cannot say when it changed."""
+        try:
+            key = copydetect_key(source.fingerprint(), detector)
+        except (NotImplementedError, OSError):
+            return False
+        return (self.root / f"copydetect-{key}" / "meta.json").is_file()
+
     def calibration(self, settings: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
         """The stored (threshold, calibration record) for these settings, or None (absent or damaged)."""
         path = self._calibration_path(settings)
