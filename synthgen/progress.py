@@ -8,10 +8,12 @@ The CLI draws rich bars instead on a terminal; Python callers may use these dire
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -151,22 +153,61 @@ def open_log(path: str | Path, every: float = DEFAULT_EVERY, flag: str = "--log-
     return reporter
 
 
+class _Moment:
+    """One clock reading and timestamp for every plain reporter of a `Reporters` call: read each on its own, the
+    screen's line and the log file's could differ by a second in the stamp or a digit in the rate."""
+
+    def __init__(self, clock: Callable[[], float], stamp: Callable[[], str]) -> None:
+        self._clock, self._stamp = clock, stamp
+        self._held: tuple[float, str] | None = None
+
+    def clock(self) -> float:
+        return self._held[0] if self._held is not None else self._clock()
+
+    def stamp(self) -> str:
+        return self._held[1] if self._held is not None else self._stamp()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._held = (self._clock(), self._stamp())
+        try:
+            yield
+        finally:
+            self._held = None
+
+
 class Reporters(Reporter):
-    """Several reporters as one (bars or lines on the screen, and the same lines in a log file)."""
+    """Several reporters as one (bars or lines on the screen, and the same lines in a log file).
+
+    Calls are serialised (threads report too), and the plain reporters share one moment per call, so the lines on
+    stderr and in the log file are the same lines, timestamps, rates and elapsed times included."""
 
     def __init__(self, reporters: Iterable[Reporter]) -> None:
         self.reporters = list(reporters)
+        self._lock = threading.RLock()  # re-entrant: a reporter that reports through this one again
+        plain = [reporter for reporter in self.reporters if isinstance(reporter, PlainReporter)]
+        self._moment = _Moment(plain[0].clock, plain[0].stamp) if len(plain) > 1 else None
+        for reporter in plain if self._moment is not None else []:
+            reporter.clock, reporter.stamp = self._moment.clock, self._moment.stamp
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        with self._lock, self._moment.held() if self._moment is not None else contextlib.nullcontext():
+            yield
 
     def log(self, message: str, warning: bool = False) -> None:
-        for reporter in self.reporters:
-            reporter.log(message, warning)
+        with self._call():
+            for reporter in self.reporters:
+                reporter.log(message, warning)
 
     def progress(self, stage: str, done: int, total: int | None) -> None:
-        for reporter in self.reporters:
-            reporter.progress(stage, done, total)
+        with self._call():
+            for reporter in self.reporters:
+                reporter.progress(stage, done, total)
 
     def finish(self) -> None:
-        for reporter in self.reporters:
-            finish = getattr(reporter, "finish", None)
-            if finish is not None:
-                finish()
+        with self._call():
+            for reporter in self.reporters:
+                finish = getattr(reporter, "finish", None)
+                if finish is not None:
+                    finish()

@@ -106,6 +106,25 @@ def test_new_stage_closes_open_ones_and_a_repeated_stage_counts_afresh() -> None
     ]
 
 
+def test_reporters_give_screen_and_log_the_same_lines_whatever_their_clocks() -> None:
+    """Each plain reporter reading its own clock could stamp a line a second later or print another rate."""
+    from io import StringIO
+
+    ticks = iter(range(1, 1000))
+    streams = [StringIO(), StringIO()]
+    plain = [
+        PlainReporter(stream, every=0, clock=lambda: float(next(ticks)), stamp=lambda: f"S{next(ticks)}")
+        for stream in streams
+    ]
+    both = Reporters(plain)
+    both.log("hello")
+    for done in range(1, 4):
+        both.progress("training UNet", done, 3)
+    both.finish()
+    first, second = (stream.getvalue().splitlines() for stream in streams)
+    assert first == second and len(first) == 5 and "steps/s" in first[-1]
+
+
 def test_reporters_fan_out_and_the_period_is_validated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, a, _ = reporter()
     second, b, _ = reporter()
