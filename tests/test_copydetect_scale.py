@@ -40,12 +40,17 @@ def plain(detector: CopyDetector) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[CopyDetector, Path]:
+    """A detector fitted in memory (no cache), and a cache holding the same fit."""
     cache = tmp_path_factory.mktemp("fit-cache")
+    store, through_cache = FitCache(cache), CopyDetector()
+    store.fit(through_cache, train_source())
+    assert not store.hit and store.entry is not None
+    points = through_cache.features[0].points  # once saved, a fresh fit reads the entry as a hit does
+    assert isinstance(points, np.memmap) and Path(str(points.filename)).parent == store.entry
     detector = CopyDetector()
     detector.workers = 1
-    store = FitCache(cache)
-    store.fit(detector, train_source())
-    assert not store.hit and store.entry is not None
+    detector.fit(train_source())
+    assert not isinstance(detector.regions.codes if detector.regions else None, np.memmap)
     return detector, cache
 
 
@@ -97,25 +102,83 @@ def test_damaged_array_file_is_rebuilt(fitted: tuple[CopyDetector, Path], tmp_pa
     assert loaded(copy_root)[1].hit  # rewritten
 
 
+def fitted_state(detector: CopyDetector) -> dict[str, np.ndarray]:
+    """Every array of the fitted state, keypoints flattened (what the fit cache writes)."""
+    from synthgen.audit.detection.fit_cache import _parts
+
+    arrays, keypoints, _ = _parts(detector)
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    for prefix, store in keypoints.items():
+        blocks = list(store.blocks())
+        arrays[f"{prefix}points"] = np.concatenate([points for points, _ in blocks])
+        arrays[f"{prefix}descriptors"] = np.concatenate([descriptors for _, descriptors in blocks])
+    return arrays
+
+
+def fit_state() -> dict[str, np.ndarray]:
+    detector = CopyDetector()
+    detector.workers = 1
+    detector.fit(train_source())
+    return fitted_state(detector)
+
+
+def assert_same_state(whole: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> None:
+    assert whole.keys() == other.keys()
+    for name, array in whole.items():
+        assert array.dtype == other[name].dtype and array.shape == other[name].shape, name
+        assert array.tobytes() == other[name].tobytes(), name
+
+
 def test_fit_in_chunks_gives_the_same_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """fit's later passes work FIT_CHUNK frames at a time (memory); any chunk size gives the same bytes."""
-    from synthgen.audit.detection import copydetect, regions
-    from synthgen.audit.detection.fit_cache import _state
+    from synthgen.audit.detection import copydetect, keypoint_store, regions
 
-    def state() -> dict[str, np.ndarray]:
-        detector = CopyDetector()
-        detector.workers = 1
-        detector.fit(train_source())
-        return _state(detector)[0]
+    whole = fit_state()
+    for module in (copydetect, regions, keypoint_store):
+        monkeypatch.setattr(module, "FIT_CHUNK", 5)
+    assert_same_state(whole, fit_state())
 
-    whole = state()
-    monkeypatch.setattr(copydetect, "FIT_CHUNK", 5)
-    monkeypatch.setattr(regions, "FIT_CHUNK", 5)
-    chunked = state()
-    assert whole.keys() == chunked.keys()
-    for name, array in whole.items():
-        assert array.dtype == chunked[name].dtype and array.shape == chunked[name].shape, name
-        assert array.tobytes() == chunked[name].tobytes(), name
+
+def test_fit_spilled_to_disk_gives_the_same_state_and_the_cache_takes_it_over(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Past SPILL_BYTES the keypoints and tile codes live in temporary files: the same bytes, the same verdicts;
+    once saved to the fit cache the detector reads the entry's files and the temporary ones are gone."""
+    import gc
+    import tempfile
+
+    from synthgen.audit.detection import keypoint_store
+
+    whole = fit_state()
+    in_ram = CopyDetector()
+    in_ram.workers = 1
+    in_ram.fit(train_source())
+    monkeypatch.setattr(keypoint_store, "SPILL_BYTES", 4096)
+    monkeypatch.setattr(keypoint_store, "FIT_CHUNK", 7)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    spilled = CopyDetector()
+    spilled.workers = 1
+    spilled.fit(train_source())
+    assert spilled.features.spilled and spilled.regions is not None and spilled.regions.features.spilled
+    assert isinstance(spilled.regions.codes, np.memmap)
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "tmp").iterdir()) == ["keypoints", "keypoints", "scratch"]
+    assert_same_state(whole, fitted_state(spilled))
+    assert plain(spilled) == plain(in_ram)
+    assert spilled.info() == in_ram.info()
+
+    cache = FitCache(tmp_path / "cache")
+    through_cache = CopyDetector()
+    through_cache.workers = 1
+    cache.fit(through_cache, train_source())
+    assert not cache.hit and cache.entry is not None
+    assert through_cache.regions is not None
+    for array in (through_cache.features[0].points, through_cache.regions.features[-1].descriptors):
+        assert isinstance(array, np.memmap) and Path(str(array.filename)).parent == cache.entry
+    assert plain(through_cache) == plain(in_ram)
+    del spilled
+    gc.collect()
+    assert not list((tmp_path / "tmp").iterdir())  # every temporary file removed with its owner
 
 
 class _Unread(Source):
@@ -146,23 +209,23 @@ def test_too_large_a_training_set_is_refused_before_reading(monkeypatch: pytest.
 
     monkeypatch.delenv(copydetect.MEMORY_CHECK, raising=False)
     monkeypatch.setattr(copydetect, "memory_available", lambda: 8 * 2**30)
-    source = _Unread(100_000)
+    source = _Unread(1_000_000)
     with pytest.raises(SynthgenError) as refused:
         Auditor.from_source(source, cache=tmp_path / "cache", workers=1)  # type: ignore[arg-type]
     message = str(refused.value)
     assert "\n" not in message and message.startswith("audit.embedder: copydetect needs")
-    assert "100,000 training images" in message and "8.0 GiB is available" in message
+    assert "1,000,000 training images" in message and "8.0 GiB is available" in message
     assert "audit.embedder: pixel" in message and copydetect.MEMORY_CHECK in message
     assert source.reads == 0  # refused before reading
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing written
 
 
 def test_memory_check_override_and_unknown_sizes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from synthgen.audit.detection import copydetect
+    from synthgen.audit.detection import copydetect, fit_memory
     from synthgen.errors import SynthgenError
 
     readable = copydetect.memory_available
-    tiny = copydetect.FIT_PEAK_FIXED + 10 * copydetect.FIT_PEAK_PER_IMAGE[True]  # room for 10 images, not 36
+    tiny = fit_memory.fit_memory(10, regions=True)  # room for 10 images, not 36
     monkeypatch.setattr(copydetect, "memory_available", lambda: tiny)
     unknown = _Unread(None)  # no len(): refused once the images read so far would not fit
     with pytest.raises(SynthgenError, match="read so far"):
@@ -172,7 +235,7 @@ def test_memory_check_override_and_unknown_sizes(monkeypatch: pytest.MonkeyPatch
     detector.fit(_Unread(36))  # type: ignore[arg-type]
     assert detector.n_train == 36
     assert readable(str(tmp_path / "missing")) is None  # unreadable: nothing refused
-    copydetect.check_fit_memory(10**9, True, None)
+    fit_memory.check_fit_memory(10**9, True, None)
 
 
 def test_build_refuses_before_training_when_the_audit_cannot_fit(
@@ -182,14 +245,14 @@ def test_build_refuses_before_training_when_the_audit_cannot_fit(
     from test_build import write_recipe
 
     import synthgen.resolve
-    from synthgen.audit.detection import copydetect
+    from synthgen.audit.detection import copydetect, fit_memory
     from synthgen.build import build
     from synthgen.errors import SynthgenError
     from synthgen.recipe import load_recipe
 
     monkeypatch.setenv("SYNTHGEN_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(copydetect.MEMORY_CHECK, raising=False)
-    monkeypatch.setattr(copydetect, "memory_available", lambda: copydetect.FIT_PEAK_FIXED)  # room for no image
+    monkeypatch.setattr(copydetect, "memory_available", lambda: fit_memory.FIT_PEAK_FIXED)  # room for no image
 
     def resolve_model(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was resolved before the audit's memory check")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from synthgen.audit.detection.calibrate import calibrate
-from synthgen.audit.detection.copydetect import CopyDetector, check_fit_memory
+from synthgen.audit.detection.copydetect import CopyDetector
 from synthgen.audit.detection.detector import (
     SIMILARITY_DECIMALS,
     Detector,
@@ -24,6 +24,7 @@ from synthgen.audit.detection.detector import (
 )
 from synthgen.audit.detection.evidence import Evidence
 from synthgen.audit.detection.fit_cache import FitCache
+from synthgen.audit.detection.fit_memory import check_fit_memory
 from synthgen.audit.detection.grouping import AUTO, training_groups
 from synthgen.audit.detection.parallel import match_in_chunks
 from synthgen.audit.index.embedders import Embedder
@@ -168,7 +169,7 @@ class Auditor:
     @staticmethod
     def check_memory(train: Source, audit: AuditConfig, cache: bool | str | Path = True) -> None:
         """The copy detector's memory check, made before a build trains its model (hours) rather than when it
-        indexes the audit data after: a one-line refusal when the fit would not fit (copydetect.check_fit_memory).
+        indexes the audit data after: a one-line refusal when the fit would not fit (fit_memory.check_fit_memory).
         Nothing is refused when the source cannot say its size, or the fitted detector is in the cache."""
         detector = get_detector(audit.embedder, audit.index)
         if not isinstance(detector, CopyDetector):

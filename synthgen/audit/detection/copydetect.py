@@ -37,7 +37,9 @@ import numpy as np
 from PIL import Image
 
 from synthgen.audit.detection.evidence import KEYPOINTS, PIXEL, REGION, Evidence, geometric_evidence, pixel_evidence
+from synthgen.audit.detection.fit_memory import MEMORY_CHECK, check_fit_memory
 from synthgen.audit.detection.keypoint_matching import MAX_SCALE, Geometry, correspondences, fit_geometry
+from synthgen.audit.detection.keypoint_store import FIT_CHUNK, KeypointStore
 from synthgen.audit.detection.local_features import (
     WORK_SIDE,
     CommonStructure,
@@ -48,10 +50,9 @@ from synthgen.audit.detection.local_features import (
     working_size,
 )
 from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
-from synthgen.audit.detection.regions import FINE_SCALES, FINE_SIDE, FIT_CHUNK, RegionIndex, in_chunks, tile_boxes
+from synthgen.audit.detection.regions import FINE_SCALES, FINE_SIDE, RegionIndex, tile_boxes
 from synthgen.audit.index.embedders import l2_normalise
 from synthgen.audit.index.train_index import BATCH_SIZE, TrainIndex, batched, source_total
-from synthgen.errors import SynthgenError
 from synthgen.runtime import Progress, memory_available
 
 if TYPE_CHECKING:
@@ -62,29 +63,6 @@ PIXEL_FLOOR = 0.95  # residual pixel correlation that makes the pixel score 0 (a
 MIN_IMAGES_FOR_MEAN = 8  # fewer training images: no mean image is subtracted (it would cancel the images)
 FRAME_SCALES = (1 / MAX_SCALE, MAX_SCALE)  # zooms accepted between a candidate and a training frame
 _FLIPS = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_180)
-
-
-# fit's RSS per training image, regions on (measured ~230 KiB up to 8,000 frames: docs/audit.md "At scale") / off
-# (scaled by the fitted state, 70 of 220 KiB), and a margin for vocabulary training, libraries and the caller.
-FIT_PEAK_PER_IMAGE = {True: 256 * 1024, False: 96 * 1024}
-FIT_PEAK_FIXED = 1 << 30
-MEMORY_CHECK = "SYNTHGEN_AUDIT_MEMORY_CHECK"  # 0: fit whatever the estimate (e.g. with swap)
-
-
-def check_fit_memory(images: int | None, regions: bool, available: int | None, read_so_far: bool = False) -> None:
-    """Refuse, in one line, a training set whose fit would exceed the available memory: before reading it when its
-    size is known, else as soon as the images read so far would (an OOM kill hours into a build says nothing)."""
-    per_image = FIT_PEAK_PER_IMAGE[regions]
-    need = FIT_PEAK_FIXED + (images or 0) * per_image
-    if images is None or available is None or need <= available:
-        return
-    at_least = "at least " if read_so_far else ""
-    raise SynthgenError(
-        f"audit.embedder: copydetect needs {at_least}~{need / 2**30:.1f} GiB of memory to index "
-        f"{images:,} training images{' read so far' if read_so_far else ''} (~{per_image // 1024} KiB each while "
-        f"fitting) but {available / 2**30:.1f} GiB is available; use `audit.embedder: pixel` or an embedding "
-        f"plug-in, which index 100k+ images with IVF on disk (or set {MEMORY_CHECK}=0 to fit anyway, e.g. with swap)"
-    )
 
 
 def geometric_score(matches: float) -> float:
@@ -173,7 +151,7 @@ class CopyDetector:
         self.keys: list[str] = []
         self.sizes: list[tuple[int, int]] = []  # (width, height) of each training image: evidence boxes in its pixels
         self.skipped: list[Skipped] = []
-        self.features: list[Features] = []
+        self.features = KeypointStore()  # per training frame (on disk past 1 GiB: keypoint_store.py)
         self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), 1.5, 0.5)
         self.vocabulary = Vocabulary(np.zeros((1, 128), np.float32))
         self.index = TrainIndex(self.embedder.dim)
@@ -191,7 +169,7 @@ class CopyDetector:
         available = self.memory_for_fit()
         check_fit_memory(total, self.regions is not None, available)
         pixels = []
-        fine: list[Features] = []
+        self.features, fine = KeypointStore(), KeypointStore()
         for batch in batched(source, BATCH_SIZE):
             images = [sample.image for sample in batch]
             extracted = parallel_map(self._extract_training, images, self.workers)
@@ -218,7 +196,7 @@ class CopyDetector:
         min_images = max(3, math.ceil(self.common_fraction * len(reference)))
         self.common = CommonStructure.learn(reference, min_images=min_images)
         del reference
-        in_chunks(self.features, self._content, self.workers)  # in place: never both lists whole
+        self.features.map_in_place(self._content, self.workers)  # never both sets whole in memory
         sample = [self.features[i].floats() for i in spread(len(self.features), 500)]
         self.vocabulary = Vocabulary.train(np.concatenate(sample), self.words)
         del sample
@@ -228,7 +206,7 @@ class CopyDetector:
         )
         if self.regions is not None:
             self.regions.workers = self.workers
-            self.regions.fit(fine)  # takes the list over (filtered in place)
+            self.regions.fit(fine)  # takes the store over (filtered in place)
 
     def memory_for_fit(self) -> int | None:
         """The memory a fit may count on (MemAvailable), or None to refuse nothing ($SYNTHGEN_AUDIT_MEMORY_CHECK=0)."""
@@ -347,7 +325,7 @@ class CopyDetector:
             "top_k": self.top_k,
             "pixel_top_k": self.pixel_top_k,
             "vocabulary_words": len(self.vocabulary.centroids),
-            "mean_keypoints": round(float(np.mean([len(f) for f in self.features])), 1) if self.features else 0.0,
+            "mean_keypoints": round(float(np.mean(self.features.counts())), 1) if len(self.features) else 0.0,
             "common_structure_keypoints": len(self.common),
             **(self._region_info() if self.regions is not None else {"regions": False}),
         }
@@ -362,7 +340,7 @@ class CopyDetector:
             "region_tiles": len(tile_boxes()),
             "region_top_k": regions.top_k,
             "region_vocabulary_words": len(regions.vocabulary.centroids),
-            "fine_mean_keypoints": round(float(np.mean([len(f) for f in fine])), 1) if fine else 0.0,
+            "fine_mean_keypoints": round(float(np.mean(fine.counts())), 1) if len(fine) else 0.0,
             "fine_common_structure_keypoints": len(regions.common),
         }
 

@@ -5,7 +5,8 @@ copydetect keeps its whole fitted state (every frame's keypoints, the common str
 frame and tile codes, the pixel embeddings) in `copydetect-<key>/`: one `.npy` per array (the frame codes and
 pixel embeddings as raw float32 `.f32` rows), `facts.json` and `meta.json` (each file's shape, dtype and CRC-32).
 A load memory-maps the large arrays read-only (keypoints, tile codes, both TrainIndexes' vectors), so they are
-page-cache backed: a cache hit costs little RSS however large the training set (docs/audit.md, "At scale").
+page-cache backed: a cache hit costs little RSS however large the training set (docs/audit.md, "At scale"), and
+so does a fresh fit once saved (it is then read back like a hit, its RAM and temporary files freed).
 Embedding detectors use index_cache.py (`cached_index`). Both live under `cache_root()/audit-index`. The key
 covers the training data's fingerprint, the detector's settings, the code that fits it (sha256 of its modules'
 source) and the versions of synthgen, OpenCV, FAISS and numpy, so any change gives a new entry. Entries are
@@ -28,7 +29,8 @@ import numpy as np
 from synthgen.atomic import atomic_dir, write_json
 from synthgen.audit.detection.copydetect import CopyDetector, ResidualPixelEmbedder
 from synthgen.audit.detection.detector import Detector, EmbeddingDetector
-from synthgen.audit.detection.local_features import CommonStructure, Features, Vocabulary
+from synthgen.audit.detection.keypoint_store import KeypointStore
+from synthgen.audit.detection.local_features import CommonStructure, Vocabulary
 from synthgen.audit.index.index_cache import cache_key, cached_index, default_cache_dir, file_crc32
 from synthgen.audit.index.train_index import TrainIndex
 from synthgen.runtime import Progress
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 _HERE = Path(__file__).parent
 FIT_CODE = (  # what the fitted state depends on
     "copydetect.py",
+    "keypoint_store.py",
     "local_features.py",
     "keypoint_matching.py",
     "regions.py",
@@ -109,7 +112,8 @@ class FitCache:
                     progress("loaded cached training index", detector.n_train, detector.n_train)
             else:
                 detector.fit(source, progress)
-                _save(detector, self.entry, key)
+                if _save(detector, self.entry, key):  # then read as a hit reads it: the fit's RAM and temporary
+                    _load(detector, self.entry, key)  # files are freed, the entry's memory maps serve the checks
         else:
             detector.fit(source, progress)
 
@@ -155,21 +159,6 @@ class FitCache:
         return self.entry / f"calibration-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 
-def _flat(features: list[Features]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    points = np.concatenate([f.points for f in features] or [np.zeros((0, 2), np.float32)])
-    descriptors = np.concatenate([f.descriptors for f in features] or [np.zeros((0, 128), np.uint8)])
-    return points, descriptors, _offsets(features)
-
-
-def _offsets(features: list[Features]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum([len(f) for f in features])]).astype(np.int64)
-
-
-def _unflat(points: np.ndarray, descriptors: np.ndarray, offsets: np.ndarray) -> list[Features]:
-    """Views of the flat arrays (of a memory map after a load: nothing is read until a frame is verified)."""
-    return [Features(points[a:b], descriptors[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-
-
 def _vocabulary_arrays(prefix: str, vocabulary: Vocabulary) -> dict[str, np.ndarray]:
     arrays = {f"{prefix}centroids": vocabulary.centroids}
     if vocabulary.projection is not None:
@@ -184,19 +173,19 @@ def _vocabulary(prefix: str, arrays: dict[str, np.ndarray]) -> Vocabulary:
     return Vocabulary(arrays[f"{prefix}centroids"], projection)
 
 
-def _parts(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, list[Features]], dict[str, Any]]:
-    """The fitted copydetect as arrays, keypoint lists by prefix ("" frames, "r_" regions) and JSON-able facts."""
+def _parts(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, KeypointStore], dict[str, Any]]:
+    """The fitted copydetect as arrays, keypoint stores by prefix ("" frames, "r_" regions) and JSON-able facts."""
     assert detector._codes is not None
     arrays: dict[str, np.ndarray] = {"pixel_mean": detector.embedder.mean, "pixel_vectors": detector.index.vectors}
     arrays["codes"] = detector._codes.vectors
-    arrays["offsets"] = _offsets(detector.features)
+    arrays["offsets"] = detector.features.offsets()
     keypoints = {"": detector.features}
     arrays["common_points"], arrays["common_descriptors"] = detector.common.points, detector.common.descriptors
     arrays.update(_vocabulary_arrays("vocab_", detector.vocabulary))
     common = {"frame": [detector.common.position_tolerance, detector.common.distance]}
     regions = detector.regions
     if regions is not None:
-        arrays["r_offsets"], keypoints["r_"] = _offsets(regions.features), regions.features
+        arrays["r_offsets"], keypoints["r_"] = regions.features.offsets(), regions.features
         arrays["r_common_points"], arrays["r_common_descriptors"] = regions.common.points, regions.common.descriptors
         arrays.update(_vocabulary_arrays("r_vocab_", regions.vocabulary))
         arrays["r_codes"], arrays["r_scales"], arrays["r_owner"] = regions.codes, regions.scales, regions.owner
@@ -210,14 +199,6 @@ def _parts(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, lis
     return arrays, keypoints, facts
 
 
-def _state(detector: CopyDetector) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Every array of the fitted state (keypoints concatenated: a copy) + the facts; benches sum its bytes."""
-    arrays, keypoints, facts = _parts(detector)
-    for prefix, features in keypoints.items():
-        arrays[f"{prefix}points"], arrays[f"{prefix}descriptors"], _ = _flat(features)
-    return arrays, facts
-
-
 def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[str, Any]) -> None:
     from synthgen.sources.base import Skipped
 
@@ -228,12 +209,12 @@ def _restore(detector: CopyDetector, arrays: dict[str, np.ndarray], facts: dict[
     detector.embedder = ResidualPixelEmbedder(arrays["pixel_mean"])
     detector.index = _index_over(arrays["pixel_vectors"], keys)
     detector._codes = _index_over(arrays["codes"], keys)
-    detector.features = _unflat(arrays["points"], arrays["descriptors"], arrays["offsets"])
+    detector.features = KeypointStore.over(arrays["points"], arrays["descriptors"], arrays["offsets"])
     detector.common = CommonStructure(arrays["common_points"], arrays["common_descriptors"], *facts["common"]["frame"])
     detector.vocabulary = _vocabulary("vocab_", arrays)
     regions = detector.regions
     if regions is not None:
-        regions.features = _unflat(arrays["r_points"], arrays["r_descriptors"], arrays["r_offsets"])
+        regions.features = KeypointStore.over(arrays["r_points"], arrays["r_descriptors"], arrays["r_offsets"])
         tolerance, distance = facts["common"]["regions"]
         regions.common = CommonStructure(arrays["r_common_points"], arrays["r_common_descriptors"], tolerance, distance)
         regions.vocabulary = _vocabulary("r_vocab_", arrays)
@@ -249,25 +230,24 @@ def _index_over(vectors: np.ndarray, keys: list[str]) -> TrainIndex:
     return index
 
 
-def _save(detector: CopyDetector, entry: Path, key: str) -> None:
-    """Write the fitted state into a staging folder that replaces `entry` whole; a failure only logs."""
+def _save(detector: CopyDetector, entry: Path, key: str) -> bool:
+    """Write the fitted state into a staging folder that replaces `entry` whole; a failure only logs (False)."""
     if not detector.n_train:
-        return
+        return False
     try:
         with atomic_dir(entry) as tmp:  # a damaged entry (a valid one would have loaded) is replaced
             arrays, keypoints, facts = _parts(detector)
             files = {name: _write_array(tmp, name, array) for name, array in arrays.items()}
-            for prefix, features in keypoints.items():  # streamed: no concatenated copy of every keypoint
-                files[f"{prefix}points"] = _write_rows(tmp, f"{prefix}points", [f.points for f in features])
-                files[f"{prefix}descriptors"] = _write_rows(
-                    tmp, f"{prefix}descriptors", [f.descriptors for f in features]
-                )
+            for prefix, store in keypoints.items():  # streamed: no concatenated copy of every keypoint
+                files[f"{prefix}points"], files[f"{prefix}descriptors"] = _write_keypoints(tmp, prefix, store)
             (tmp / "facts.json").write_text(json.dumps(facts))
             facts_sha256 = hashlib.sha256((tmp / "facts.json").read_bytes()).hexdigest()
             meta = {"format": CACHE_FORMAT, "key": key, "files": files, "facts_sha256": facts_sha256}
             (tmp / "meta.json").write_text(json.dumps(meta))
     except OSError as error:  # unwritable, a full disk or a concurrent writer: the fitted detector is still good
         log.warning("could not cache the audit index in %s: %s", entry, error)
+        return False
+    return True
 
 
 def _write_array(folder: Path, name: str, array: np.ndarray) -> dict[str, Any]:
@@ -282,22 +262,29 @@ def _write_array(folder: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     return _record(path, array.shape, array.dtype)
 
 
-def _write_rows(folder: Path, name: str, parts: list[np.ndarray]) -> dict[str, Any]:
-    """Per-frame arrays concatenated straight into `name.npy` through a memory map, frame by frame."""
-    path = folder / f"{name}.npy"
-    first = parts[0] if parts else np.zeros((0, 0))
-    shape, dtype = (sum(len(p) for p in parts), *first.shape[1:]), first.dtype
-    if not shape[0]:
-        np.save(path, np.zeros(shape, dtype), allow_pickle=False)
-        return _record(path, shape, dtype)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+def _write_keypoints(folder: Path, prefix: str, store: KeypointStore) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A store's flat points and descriptors as `{prefix}points.npy` and `{prefix}descriptors.npy`, written through
+    memory maps FIT_CHUNK frames at a time (from RAM or from the store's own files: never a whole copy)."""
+    total = int(store.offsets()[-1])
+    layout = [
+        (folder / f"{prefix}points.npy", (total, 2), np.float32),
+        (folder / f"{prefix}descriptors.npy", (total, 128), np.uint8),
+    ]
+    if not total:
+        for path, shape, dtype in layout:
+            np.save(path, np.zeros(shape, dtype), allow_pickle=False)
+        return _record(*layout[0]), _record(*layout[1])
+    points = np.lib.format.open_memmap(layout[0][0], mode="w+", dtype=np.float32, shape=(total, 2))
+    descriptors = np.lib.format.open_memmap(layout[1][0], mode="w+", dtype=np.uint8, shape=(total, 128))
     start = 0
-    for part in parts:
-        out[start : start + len(part)] = part
-        start += len(part)
-    out.flush()
-    del out
-    return _record(path, shape, dtype)
+    for block_points, block_descriptors in store.blocks():
+        points[start : start + len(block_points)] = block_points
+        descriptors[start : start + len(block_points)] = block_descriptors
+        start += len(block_points)
+    points.flush()
+    descriptors.flush()
+    del points, descriptors
+    return _record(*layout[0]), _record(*layout[1])
 
 
 def _record(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, Any]:

@@ -21,13 +21,12 @@ Memory per training frame: ~700 fine keypoints (136 bytes each) and up to 16 til
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 
 from synthgen.audit.detection.keypoint_matching import MAX_SCALE, Geometry, verify_geometry
+from synthgen.audit.detection.keypoint_store import FIT_CHUNK, KeypointStore, scratch_array
 from synthgen.audit.detection.local_features import (
     WORK_SIDE,
     CommonStructure,
@@ -38,15 +37,12 @@ from synthgen.audit.detection.local_features import (
 )
 from synthgen.audit.detection.parallel import PerThreadExtractor, parallel_map
 
-T = TypeVar("T")
-
 FINE_SIDE = 2 * WORK_SIDE
 TILE = 0.4  # tile side, as a fraction of the frame's side
 STRIDE = 0.2
 MIN_TILE_KEYPOINTS = 8  # fewer (black scope corners): no code for that tile
 FINE_SCALES = (0.2, MAX_SCALE)
 IMAGE_BLOCK = 2048  # training frames whose tiles are scored at once (bounds the similarity buffer)
-FIT_CHUNK = 1024  # training frames processed at once by fit's later passes (bounds its temporaries)
 FLOAT_TILES_BYTES = 256 * 2**20  # float32 tile codes kept for search up to this size (~1,000 training frames)
 
 
@@ -77,7 +73,7 @@ class RegionIndex:
         self.max_keypoints = max_keypoints
         self.workers: int | None = None  # fit's threads (parallel.py); the copy detector sets its own
         self._extract = PerThreadExtractor(max_keypoints)  # fit extracts in threads
-        self.features: list[Features] = []
+        self.features = KeypointStore()
         tolerance = 1.5 * FINE_SIDE / WORK_SIDE
         self.common = CommonStructure(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32), tolerance, 0.5)
         self.vocabulary = Vocabulary(np.zeros((1, dims), np.float32))
@@ -89,11 +85,11 @@ class RegionIndex:
     def extract(self, image: Image.Image) -> Features:
         return self._extract(working_gray(image, FINE_SIDE))
 
-    def fit(self, features: list[Features]) -> None:
+    def fit(self, features: KeypointStore) -> None:
         """Learn the fine-scale common structure and the tile vocabulary, then code every frame's tiles.
 
         `features` is taken over: filtered in place, chunk by chunk, so the unfiltered and the filtered keypoints
-        of the whole set are never held at once (fit's peak memory)."""
+        of the whole set are never held at once (fit's peak memory; on disk past 1 GiB: keypoint_store.py)."""
         if not features:
             return
         reference = [features[i] for i in spread(len(features), self.reference_images)]
@@ -101,7 +97,7 @@ class RegionIndex:
         tolerance = self.common.position_tolerance
         self.common = CommonStructure.learn(reference, min_images=min_images, position_tolerance=tolerance)
         del reference
-        in_chunks(features, lambda f: f.subset(~self.common.mask(f)), self.workers)
+        features.map_in_place(lambda f: f.subset(~self.common.mask(f)), self.workers)
         self.features = features
         sample = np.concatenate([self.features[i].floats() for i in spread(len(self.features), 500)])
         self.vocabulary = Vocabulary.train(sample, self.words, dims=self.dims)
@@ -110,10 +106,11 @@ class RegionIndex:
 
     def _code_tiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(int8 codes, scales, owner row) of every frame's tiles, written into arrays sized by a first (cheap)
-        count, chunk by chunk: the float32 codes of only FIT_CHUNK frames exist at once."""
+        count, chunk by chunk: the float32 codes of only FIT_CHUNK frames exist at once, and the int8 codes go to
+        a temporary file past 1 GiB (4 KB per tile: ~6 GiB at 100,000 frames)."""
         counts = np.array([len(_tile_masks(fine)) for fine in self.features], np.int64)
         owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        codes = np.empty((int(counts.sum()), self.vocabulary.dim), np.int8)
+        codes = scratch_array((int(counts.sum()), self.vocabulary.dim), np.int8)
         scales = np.empty(len(codes), np.float32)
         start = 0
         for first in range(0, len(self.features), FIT_CHUNK):
@@ -190,13 +187,6 @@ def _tile_masks(fine: Features) -> list[np.ndarray]:
         if inside.sum() >= MIN_TILE_KEYPOINTS:
             masks.append(inside)
     return masks
-
-
-def in_chunks(items: list[T], function: Callable[[T], T], workers: int | None) -> None:
-    """items[i] = function(items[i]), FIT_CHUNK items at a time (in threads): each old item is released as soon as
-    its chunk is done, so the old and the new list never coexist whole."""
-    for start in range(0, len(items), FIT_CHUNK):
-        items[start : start + FIT_CHUNK] = parallel_map(function, items[start : start + FIT_CHUNK], workers)
 
 
 def _quantise(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,12 +42,12 @@ class VectorStore:
     of the bytes lets a cache detect a damaged vectors file without re-reading it on write.
     """
 
-    def __init__(self, dim: int, path: str | Path | None = None, *, spill_bytes: int = SPILL_BYTES) -> None:
+    def __init__(self, dim: int, path: str | Path | None = None, *, spill_bytes: int | None = None) -> None:
         self.dim = dim
         self.n = 0
         self.crc32 = 0
         self.path: Path | None = None
-        self.spill_bytes = spill_bytes
+        self.spill_bytes = SPILL_BYTES if spill_bytes is None else spill_bytes  # read now: a bench may lower it
         self._ram: np.ndarray | None = np.empty((0, dim), np.float32)
         self._file: Any = None
         self._view: np.ndarray | None = None
