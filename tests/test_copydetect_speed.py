@@ -185,6 +185,8 @@ def test_kept_float_tiles_give_the_same_search(detector: CopyDetector, monkeypat
     monkeypatch.setattr(regions_module, "FLOAT_TILES_BYTES", 0)  # above the cap: converted per block
     assert regions._all_float_tiles() is None
     assert regions.search(codes, [set(), {0, 1}] * 3) == kept
+    monkeypatch.setattr(regions_module, "TILE_BLOCK", 5)  # converted a few codes at a time: the same rows
+    assert regions.search(codes, [set(), {0, 1}] * 3) == kept
     monkeypatch.undo()
     regions.codes = regions.codes.copy()  # a cache load replaces the codes: the float copy follows
     assert regions.search(codes, [set(), {0, 1}] * 3) == kept and regions._floats[0] is regions.codes
