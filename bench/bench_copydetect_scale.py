@@ -85,10 +85,9 @@ def lower_spill(mib: int | None) -> None:
     """--spill-mib: spill keypoints, tile codes and index vectors past `mib` MiB instead of 1 GiB, so the bounded
     fit shows at sizes a bench can run (the arrays and verdicts do not change: tests/test_copydetect_scale.py)."""
     if mib:
-        from synthgen.audit.detection import keypoint_store
         from synthgen.audit.index import index_backends
 
-        keypoint_store.SPILL_BYTES = index_backends.SPILL_BYTES = mib * MIB
+        index_backends.SPILL_BYTES = mib * MIB
 
 
 def reset_peak() -> None:

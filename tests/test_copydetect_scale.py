@@ -142,18 +142,19 @@ def test_fit_in_chunks_gives_the_same_state(monkeypatch: pytest.MonkeyPatch) -> 
 def test_fit_spilled_to_disk_gives_the_same_state_and_the_cache_takes_it_over(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Past SPILL_BYTES the keypoints and tile codes live in temporary files: the same bytes, the same verdicts;
+    """Past SPILL_BYTES the keypoints, tile codes and vectors live in temporary files: the same bytes and verdicts;
     once saved to the fit cache the detector reads the entry's files and the temporary ones are gone."""
     import gc
     import tempfile
 
     from synthgen.audit.detection import keypoint_store
+    from synthgen.audit.index import index_backends
 
     whole = fit_state()
     in_ram = CopyDetector()
     in_ram.workers = 1
     in_ram.fit(train_source())
-    monkeypatch.setattr(keypoint_store, "SPILL_BYTES", 4096)
+    monkeypatch.setattr(index_backends, "SPILL_BYTES", 4096)  # every store spills: keypoints, tiles, vectors
     monkeypatch.setattr(keypoint_store, "FIT_CHUNK", 7)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
@@ -162,7 +163,8 @@ def test_fit_spilled_to_disk_gives_the_same_state_and_the_cache_takes_it_over(
     spilled.fit(train_source())
     assert spilled.features.spilled and spilled.regions is not None and spilled.regions.features.spilled
     assert isinstance(spilled.regions.codes, np.memmap)
-    assert sorted(p.name.split("-")[1] for p in (tmp_path / "tmp").iterdir()) == ["keypoints", "keypoints", "scratch"]
+    spilled_folders = sorted(p.name.split("-")[1] for p in (tmp_path / "tmp").iterdir())
+    assert spilled_folders == ["keypoints", "keypoints", "scratch", "vectors", "vectors"]
     assert_same_state(whole, fitted_state(spilled))
     assert plain(spilled) == plain(in_ram)
     assert spilled.info() == in_ram.info()

@@ -112,8 +112,8 @@ class FitCache:
                     progress("loaded cached training index", detector.n_train, detector.n_train)
             else:
                 detector.fit(source, progress)
-                if _save(detector, self.entry, key):  # then read as a hit reads it: the fit's RAM and temporary
-                    _load(detector, self.entry, key)  # files are freed, the entry's memory maps serve the checks
+                if _save(detector, self.entry, key):  # then read as a hit reads it: the fit's RAM and temporary files
+                    _load(detector, self.entry, key, checksums=False)  # are freed, the entry's maps serve the checks
         else:
             detector.fit(source, progress)
 
@@ -291,12 +291,13 @@ def _record(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, An
     return {"file": path.name, "shape": list(shape), "dtype": str(np.dtype(dtype)), "crc32": file_crc32(path)}
 
 
-def _read_array(entry: Path, name: str, record: dict[str, Any]) -> np.ndarray:
-    """One checked array: the large ones memory-mapped read-only (page-cache backed), the small ones in RAM."""
+def _read_array(entry: Path, name: str, record: dict[str, Any], checksum: bool = True) -> np.ndarray:
+    """One checked array: the large ones memory-mapped read-only (page-cache backed), the small ones in RAM.
+    `checksum=False` skips reading the whole file for its CRC-32 (an entry this process has just written)."""
     path = entry / str(record["file"])
     if path.parent != entry or path.name not in (f"{name}.npy", f"{name}.f32"):
         raise ValueError(f"unexpected file {record['file']!r} for {name}")
-    if file_crc32(path) != record["crc32"]:
+    if checksum and file_crc32(path) != record["crc32"]:
         raise ValueError(f"{path.name} checksum mismatch")
     shape, dtype = tuple(int(d) for d in record["shape"]), np.dtype(record["dtype"])
     if path.suffix == ".f32":
@@ -309,8 +310,9 @@ def _read_array(entry: Path, name: str, record: dict[str, Any]) -> np.ndarray:
     return array
 
 
-def _load(detector: CopyDetector, entry: Path, key: str) -> bool:
-    """Restore the fitted state from `entry`; False (and the detector untouched) when absent or damaged."""
+def _load(detector: CopyDetector, entry: Path, key: str, checksums: bool = True) -> bool:
+    """Restore the fitted state from `entry`; False (and the detector untouched) when absent or damaged.
+    `checksums=False`: the entry was just written by `_save`, whose CRC-32s are not read back a second time."""
     if not (entry / "meta.json").is_file():
         return False
     try:
@@ -320,7 +322,7 @@ def _load(detector: CopyDetector, entry: Path, key: str) -> bool:
         facts_blob = (entry / "facts.json").read_bytes()
         if hashlib.sha256(facts_blob).hexdigest() != meta["facts_sha256"]:
             raise ValueError("facts.json checksum mismatch")
-        arrays = {name: _read_array(entry, name, record) for name, record in meta["files"].items()}
+        arrays = {name: _read_array(entry, name, record, checksums) for name, record in meta["files"].items()}
         facts = json.loads(facts_blob)
         if len(facts["keys"]) != len(arrays["pixel_vectors"]):
             raise ValueError("keys and vectors differ in number")

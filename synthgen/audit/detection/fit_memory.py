@@ -8,7 +8,7 @@ store passes SPILL_BYTES (1 GiB), then live in temporary files (keypoint_store.p
 
 from __future__ import annotations
 
-from synthgen.audit.detection import keypoint_store
+from synthgen.audit.index import index_backends
 from synthgen.errors import SynthgenError
 
 # fit's anonymous memory (docs/audit.md "At scale"): per training image, what stays in RAM however many there are
@@ -25,7 +25,7 @@ MEMORY_CHECK = "SYNTHGEN_AUDIT_MEMORY_CHECK"  # 0: fit whatever the estimate (e.
 def fit_memory(images: int, regions: bool) -> int:
     """Estimated peak memory of fitting `images` training images: grows per image until the stores spill."""
     spillable = min(
-        images * FIT_SPILLABLE_PER_IMAGE[regions], FIT_SPILLING_STORES[regions] * keypoint_store.SPILL_BYTES
+        images * FIT_SPILLABLE_PER_IMAGE[regions], FIT_SPILLING_STORES[regions] * index_backends.SPILL_BYTES
     )
     return FIT_PEAK_FIXED + images * FIT_RESIDENT_PER_IMAGE + spillable
 
@@ -42,7 +42,7 @@ def check_fit_memory(images: int | None, regions: bool, available: int | None, r
     raise SynthgenError(
         f"audit.embedder: copydetect needs {at_least}~{need / 2**30:.1f} GiB of memory to index "
         f"{images:,} training images{' read so far' if read_so_far else ''} (~{FIT_RESIDENT_PER_IMAGE // 1024} KiB "
-        f"each, plus up to {FIT_SPILLING_STORES[regions] * keypoint_store.SPILL_BYTES / 2**30:.0f} GiB before "
+        f"each, plus up to {FIT_SPILLING_STORES[regions] * index_backends.SPILL_BYTES / 2**30:.0f} GiB before "
         f"its stores spill to disk) but {available / 2**30:.1f} GiB is available; use `audit.embedder: pixel` or "
         f"an embedding plug-in, which keep only their vectors (on disk, IVF past 200k), or set {MEMORY_CHECK}=0 to "
         "fit anyway, e.g. with swap"

@@ -2,11 +2,12 @@
 fitting 100,000 training images does not need their ~150 KiB of keypoints each in memory (~15 GiB).
 
 A `KeypointStore` is a sequence of `Features`, one per training frame, appended in order. Up to `spill_bytes`
-(SPILL_BYTES: 1 GiB, as a TrainIndex's vectors) it is a list of per-frame arrays, exactly what the fit always
-held. Past that it moves to two raw files in a private temporary folder (points float32 (n, 2), descriptors
-uint8 (n, 128), frame after frame) and reads them back through memory maps: page-cache backed memory the
-kernel can drop, not the process's own. The fit's later passes (common-structure filtering, codes) read it a
-chunk of FIT_CHUNK frames at a time; a filtered store is written beside the old one, which is then deleted.
+(index_backends.SPILL_BYTES: 1 GiB, the limit of a TrainIndex's vectors too) it is a list of per-frame arrays,
+exactly what the fit always held. Past that it moves to two raw files in a private temporary folder (points
+float32 (n, 2), descriptors uint8 (n, 128), frame after frame) and reads them back through memory maps:
+page-cache backed memory the kernel can drop, not the process's own. The fit's later passes (common-structure
+filtering, codes) read it FIT_CHUNK frames at a time; a filtered store is written beside the old one, which is
+then deleted.
 After a cache load the store is a read-only view of the cache entry's arrays (`over`).
 
 `scratch_array` gives the same treatment to one large array (the tile codes).
@@ -26,7 +27,8 @@ import numpy as np
 
 from synthgen.audit.detection.local_features import Features
 from synthgen.audit.detection.parallel import parallel_map
-from synthgen.audit.index.index_backends import SPILL_BYTES
+from synthgen.audit.index import index_backends
+from synthgen.audit.index.index_backends import TempFolder
 
 T = TypeVar("T")
 FIT_CHUNK = 1024  # training frames processed at once by fit's later passes (bounds its temporaries)
@@ -34,19 +36,11 @@ POINT_DTYPE, DESCRIPTOR_DTYPE = np.dtype(np.float32), np.dtype(np.uint8)
 BYTES_PER_KEYPOINT = 2 * POINT_DTYPE.itemsize + 128 * DESCRIPTOR_DTYPE.itemsize
 
 
-class TempFolder:
-    """A private temporary folder, removed when this object is garbage-collected (or at exit)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix=prefix))
-        self.remove = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-
 def scratch_array(shape: tuple[int, ...], dtype: Any, spill_bytes: int | None = None) -> np.ndarray:
     """An uninitialised array, in RAM up to `spill_bytes`, else a writable memory map of a temporary file that
     lives as long as the array (and its views)."""
     dtype = np.dtype(dtype)
-    limit = SPILL_BYTES if spill_bytes is None else spill_bytes
+    limit = index_backends.SPILL_BYTES if spill_bytes is None else spill_bytes
     if int(np.prod(shape)) * dtype.itemsize <= limit or not int(np.prod(shape)):
         return np.empty(shape, dtype)
     folder = tempfile.mkdtemp(prefix="synthgen-scratch-")
@@ -66,10 +60,10 @@ class KeypointStore(Sequence[Features]):
     """Append-only per-frame keypoints (module docstring): a list in RAM, or flat files read through memory maps."""
 
     def __init__(self, spill_bytes: int | None = None) -> None:
-        self.spill_bytes = SPILL_BYTES if spill_bytes is None else spill_bytes
+        self.spill_bytes = index_backends.SPILL_BYTES if spill_bytes is None else spill_bytes
         self._frames: list[Features] | None = []  # RAM mode; None once flat (spilled or over arrays)
         self._ends: list[int] = []  # flat mode: running keypoint count after each frame
-        self._bytes = 0
+        self._ram_bytes = 0  # RAM mode: bytes held, against spill_bytes (flat mode: derived from _ends)
         self._folder: TempFolder | None = None
         self._files: tuple[Any, Any] | None = None  # open for appending while spilled
         self._flat: tuple[np.ndarray, np.ndarray] | None = None  # (points, descriptors) views, None when stale
@@ -89,19 +83,20 @@ class KeypointStore(Sequence[Features]):
     @property
     def nbytes(self) -> int:
         """Bytes of keypoints held (in RAM or on disk)."""
-        return self._bytes if self._frames is not None or self._folder is not None else self._flat_bytes()
+        if self._frames is not None:
+            return self._ram_bytes
+        return (self._ends[-1] if self._ends else 0) * BYTES_PER_KEYPOINT
 
     def append(self, features: Features) -> None:
         if self._frames is not None:
             self._frames.append(features)
-            self._bytes += len(features) * BYTES_PER_KEYPOINT
-            if self._bytes > self.spill_bytes:
+            self._ram_bytes += len(features) * BYTES_PER_KEYPOINT
+            if self._ram_bytes > self.spill_bytes:
                 self._spill()
             return
         if self._files is None:
             raise ValueError("this keypoint store is read-only")
         points, descriptors = _checked(features)
-        self._bytes += len(points) * BYTES_PER_KEYPOINT
         try:
             self._files[0].write(points.data)
             self._files[1].write(descriptors.data)
@@ -142,10 +137,12 @@ class KeypointStore(Sequence[Features]):
         """Keypoints per frame (int64)."""
         if self._frames is not None:
             return np.array([len(f) for f in self._frames], np.int64)
-        return np.diff(np.asarray([0, *self._ends], np.int64))
+        return np.diff(self.offsets())
 
     def offsets(self) -> np.ndarray:
         """Where each frame starts in the flat arrays, and the total at the end (len + 1 int64 values)."""
+        if self._frames is None:
+            return np.asarray([0, *self._ends], np.int64)
         return np.concatenate([[0], np.cumsum(self.counts())]).astype(np.int64)
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -159,7 +156,7 @@ class KeypointStore(Sequence[Features]):
         released as its chunk is done; spilled, the new frames go to a new store and the old files are deleted."""
         if self._frames is not None:
             in_chunks(self._frames, function, workers)
-            self._bytes = sum(len(f) for f in self._frames) * BYTES_PER_KEYPOINT
+            self._ram_bytes = sum(len(f) for f in self._frames) * BYTES_PER_KEYPOINT
             return
         mapped = KeypointStore(spill_bytes=0)  # spilled from its first frame, as this one is
         for start in range(0, len(self), FIT_CHUNK):
@@ -187,9 +184,6 @@ class KeypointStore(Sequence[Features]):
             )
         return self._flat
 
-    def _flat_bytes(self) -> int:
-        return (self._ends[-1] if self._ends else 0) * BYTES_PER_KEYPOINT
-
     def _spill(self) -> None:
         """Move the frames held in RAM to the files and append there from now on."""
         assert self._frames is not None
@@ -197,7 +191,6 @@ class KeypointStore(Sequence[Features]):
         self._folder = TempFolder("synthgen-keypoints-")
         path = self._folder.path
         self._files = (open(path / "points.f32", "wb"), open(path / "descriptors.u8", "wb"))  # noqa: SIM115
-        self._bytes = 0
         self.extend(frames)
 
     def _close(self) -> None:

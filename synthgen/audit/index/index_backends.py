@@ -34,6 +34,15 @@ SPILL_BYTES = 1 << 30  # an in-memory store moves to a temporary file beyond thi
 RERANK_BYTES = 1 << 22  # candidate vectors gathered at once by `rerank` (a block of queries)
 
 
+class TempFolder:
+    """A private temporary folder (under TMPDIR), removed when this object is garbage-collected (or at exit): where
+    stores that outgrow SPILL_BYTES move (this module's VectorStore, the copy detector's keypoints)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=prefix))
+        self.remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+
 class VectorStore:
     """Append-only (n, dim) float32 rows, in memory or in a raw file read back through `np.memmap`.
 
@@ -111,9 +120,8 @@ class VectorStore:
 
     def _to_file(self, path: Path | None) -> None:
         if path is None:  # spill: a private temporary file, removed when the store is collected
-            folder = tempfile.mkdtemp(prefix="synthgen-vectors-")
-            weakref.finalize(self, shutil.rmtree, folder, True)
-            path = Path(folder) / "vectors.f32"
+            self._folder = TempFolder("synthgen-vectors-")
+            path = self._folder.path / "vectors.f32"
         self._file = open(path, "wb")  # noqa: SIM115 - stays open for appends until close()
         self.path = path
         if self._ram is not None and self.n:
